@@ -1,0 +1,50 @@
+# jobgate — every entry point a developer or CI needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv binaries cluster cluster-down test unit lint crds demo bench clean
+
+help:
+	@echo "make demo         run jobgate on a local control plane and watch it gate Jobs"
+	@echo "make test         run lint, unit and integration tests (builds the control plane on first use)"
+	@echo "make cluster      start the local control plane in the background (.cluster/kubeconfig)"
+	@echo "make cluster-down stop it"
+	@echo "make crds         regenerate crds/ from the pydantic models"
+	@echo "make bench        run the benchmarks and write bench/results/"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+binaries: $(STAMP)
+	$(PY) -m localcluster.build
+
+cluster: binaries
+	$(PY) -m localcluster up --dir .cluster
+
+cluster-down: $(STAMP)
+	$(PY) -m localcluster down --dir .cluster
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator localcluster tests bench
+	$(VENV)/bin/ruff format --check operator localcluster tests bench
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -m "not cluster"
+
+test: lint binaries
+	$(PY) -m pytest -q
+
+crds: $(STAMP)
+	$(PY) -m jobgate.crd > crds/concurrencypolicies.jobgate.dev.yaml
+
+clean:
+	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
