@@ -1,0 +1,10 @@
+"""`python -m jobgate` and the `jobgate` console script."""
+
+from __future__ import annotations
+
+import sys
+
+from jobgate.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The pure decision core: which queued Jobs to admit, which intruders to re-suspend, which to release.
+
+Everything here is a function of plain data — policies, Job views, and the
+admissions this process has made but not yet seen come back through the watch
+("assumed"). No Kopf, no API client, no clock. The operator, the CLI and the
+property tests all call these same functions, so they never disagree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from jobgate.jobs import JobView
+from jobgate.policy import ConcurrencyPolicy
+from jobgate.selectors import matches
+
+Key = tuple[str, ...]
+PolicyRef = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Governance:
+    """One policy that governs a Job, and the Job's key under it."""
+
+    policy: ConcurrencyPolicy
+    key: Key
+    missing_labels: tuple[str, ...]  # keyLabels the Job lacks; they count as ""
+
+    @property
+    def slot(self) -> tuple[PolicyRef, Key]:
+        return ((self.policy.namespace, self.policy.name), self.key)
+
+
+def policy_ref(policy: ConcurrencyPolicy) -> PolicyRef:
+    return (policy.namespace, policy.name)
+
+
+def key_dict(policy: ConcurrencyPolicy, key: Key) -> dict[str, str]:
+    return dict(zip(policy.spec.keyLabels, key, strict=True))
+
+
+class Labeled(Protocol):
+    """What governance looks at: a Job view, or a Job not yet created (in the webhook)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+def governance(policies: Iterable[ConcurrencyPolicy], job: Labeled) -> list[Governance]:
+    """The policies that govern the Job (same namespace, selector matches), with its key under each."""
+    found = []
+    for policy in policies:
+        if policy.namespace != job.namespace or not matches(policy.spec.selector, job.labels):
+            continue
+        key = tuple(job.labels.get(label, "") for label in policy.spec.keyLabels)
+        missing = tuple(label for label in policy.spec.keyLabels if label not in job.labels)
+        found.append(Governance(policy, key, missing))
+    return found
+
+
+class PolicyIndex:
+    """Policies grouped by namespace, so that finding a Job's governors costs only its namespace's."""
+
+    def __init__(self, policies: Iterable[ConcurrencyPolicy]) -> None:
+        self.by_namespace: dict[str, list[ConcurrencyPolicy]] = defaultdict(list)
+        for policy in policies:
+            self.by_namespace[policy.namespace].append(policy)
+
+    def governance(self, job: Labeled) -> list[Governance]:
+        return governance(self.by_namespace.get(job.namespace, ()), job)
+
+
+@dataclass
+class KeyState:
+    """Jobs of one key under one policy, as the decision sees them."""
+
+    running: list[JobView] = field(default_factory=list)
+    queued: list[JobView] = field(default_factory=list)  # in admission order once tallied
+    held: list[JobView] = field(default_factory=list)
+
+
+def is_running(job: JobView, assumed: Collection[str]) -> bool:
+    """Holds a slot: unsuspended and not finished, or admitted by us and not yet seen unsuspended."""
+    return not job.finished and (not job.suspended or job.uid in assumed)
+
+
+def is_queued(job: JobView, assumed: Collection[str]) -> bool:
+    return job.queued and job.uid not in assumed
+
+
+def tally(
+    policies: Sequence[ConcurrencyPolicy], jobs: Iterable[JobView], assumed: Collection[str] = ()
+) -> dict[PolicyRef, dict[Key, KeyState]]:
+    """Per policy and key: the running, queued (in admission order) and held Jobs."""
+    index = PolicyIndex(policies)
+    states: dict[PolicyRef, dict[Key, KeyState]] = {policy_ref(p): {} for p in policies}
+    for job in jobs:
+        if job.finished:
+            continue
+        for gov in index.governance(job):
+            ref, key = gov.slot
+            state = states[ref].setdefault(key, KeyState())
+            if is_running(job, assumed):
+                state.running.append(job)
+            elif is_queued(job, assumed):
+                state.queued.append(job)
+            else:
+                state.held.append(job)
+    for keys in states.values():
+        for state in keys.values():
+            state.queued.sort(key=lambda j: j.order)
+            state.running.sort(key=lambda j: j.order)
+    return states
+
+
+@dataclass
+class Plan:
+    admit: list[JobView] = field(default_factory=list)  # in admission order
+    resuspend: list[JobView] = field(default_factory=list)  # unsuspended behind our back, over the limit
+    release: list[JobView] = field(default_factory=list)  # queued by us, governed by nothing any more
+
+
+def plan(policies: Sequence[ConcurrencyPolicy], jobs: Iterable[JobView], assumed: Collection[str] = ()) -> Plan:
+    """Decide every admission that fits now, in one pass.
+
+    A queued Job is admitted when every policy that governs it has a free slot for
+    its key. Jobs are considered in admission order, and a Job that does not fit
+    is skipped, not waited for: it blocks no Job of another key, and since it
+    takes nothing it cannot deadlock overlapping policies.
+    """
+    index = PolicyIndex(policies)
+    result = Plan()
+    running: dict[tuple[PolicyRef, Key], list[JobView]] = defaultdict(list)
+    candidates: list[tuple[JobView, list[Governance]]] = []
+    limits: dict[PolicyRef, int] = {policy_ref(p): p.spec.maxConcurrent for p in policies}
+    created: dict[PolicyRef, float] = {policy_ref(p): p.created for p in policies}
+
+    for job in jobs:
+        if job.finished:
+            continue
+        govs = index.governance(job)
+        if is_running(job, assumed):
+            for gov in govs:
+                running[gov.slot].append(job)
+        elif not govs:
+            if job.queued and job.queued_at is not None and job.admitted_at is None:
+                result.release.append(job)
+        elif is_queued(job, assumed):
+            candidates.append((job, govs))
+
+    # Backstop: Jobs unsuspended without our admission, after the policy existed,
+    # beyond its limit. They keep counting as running until the watch shows them
+    # suspended, so a failed re-suspension can never lead to over-admission.
+    intruders: set[str] = set()
+    for slot, members in running.items():
+        ref, _ = slot
+        if len(members) <= limits[ref]:
+            continue
+        legit = [j for j in members if j.admitted_at is not None or j.created <= created[ref] or j.suspended]
+        late = sorted((j for j in members if j not in legit), key=lambda j: j.order)
+        room = max(0, limits[ref] - len(legit))
+        intruders.update(j.uid for j in late[room:])
+    if intruders:
+        seen: set[str] = set()
+        for members in running.values():
+            for job in members:
+                if job.uid in intruders and job.uid not in seen:
+                    seen.add(job.uid)
+                    result.resuspend.append(job)
+        result.resuspend.sort(key=lambda j: j.order)
+
+    counts = {slot: len(members) for slot, members in running.items()}
+    candidates.sort(key=lambda c: c[0].order)
+    for job, govs in candidates:
+        if all(counts.get(gov.slot, 0) < limits[gov.slot[0]] for gov in govs):
+            result.admit.append(job)
+            for gov in govs:
+                counts[gov.slot] = counts.get(gov.slot, 0) + 1
+    return result

@@ -1,0 +1,95 @@
+"""What jobgate knows of the cluster: policies and small Job views, newest resourceVersion wins.
+
+Watch events and full LISTs both feed this cache. Resource versions are compared
+as integers (Kubernetes documents them as comparable since KEP-5504), so a late
+event never overwrites a fresher LIST, and a LIST removes the Jobs that vanished
+while a watch was re-listing — Kopf replays the living after a 410 but says
+nothing of the dead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from jobgate.jobs import JobView
+from jobgate.policy import ConcurrencyPolicy
+
+PolicyRef = tuple[str, str]
+
+
+@dataclass
+class ClusterCache:
+    jobs: dict[str, JobView] = field(default_factory=dict)  # by uid
+    policies: dict[PolicyRef, ConcurrencyPolicy] = field(default_factory=dict)
+    policy_versions: dict[PolicyRef, int] = field(default_factory=dict)
+    # uid -> resourceVersion at deletion: late events of a deleted Job must not revive it.
+    deleted_jobs: dict[str, int] = field(default_factory=dict)
+    # Set once both kinds were fully listed: only then may decisions (and releases) be made.
+    primed: bool = False
+    # Set once policies were listed: only then may the webhook answer.
+    policies_primed: bool = False
+
+    # --- Jobs -------------------------------------------------------------------------------------
+
+    def put_job(self, view: JobView) -> JobView | None:
+        """Store the view unless something newer is known; return the view it replaced, if it changed."""
+        if view.uid in self.deleted_jobs:
+            return None
+        old = self.jobs.get(view.uid)
+        if old is not None and old.resource_version >= view.resource_version:
+            return None
+        self.jobs[view.uid] = view
+        return old if old is not None else view
+
+    def delete_job(self, uid: str, resource_version: int) -> JobView | None:
+        self.deleted_jobs[uid] = resource_version
+        return self.jobs.pop(uid, None)
+
+    def replace_jobs(self, views: Iterable[JobView], list_version: int, namespace: str | None = None) -> list[JobView]:
+        """Apply a LIST taken at list_version; return the Jobs it proved gone."""
+        listed = set()
+        for view in views:
+            listed.add(view.uid)
+            self.put_job(view)
+        gone = [
+            job
+            for uid, job in self.jobs.items()
+            if uid not in listed
+            and job.resource_version < list_version
+            and (namespace is None or job.namespace == namespace)
+        ]
+        for job in gone:
+            self.delete_job(job.uid, list_version)
+        # Tombstones older than this LIST can no longer be contradicted by a late event.
+        self.deleted_jobs = {uid: rv for uid, rv in self.deleted_jobs.items() if rv >= list_version}
+        return gone
+
+    # --- Policies ---------------------------------------------------------------------------------
+
+    def put_policy(self, policy: ConcurrencyPolicy, resource_version: int) -> bool:
+        ref = (policy.namespace, policy.name)
+        if self.policy_versions.get(ref, -1) >= resource_version and ref in self.policies:
+            return False
+        changed = self.policies.get(ref) != policy
+        self.policies[ref] = policy
+        self.policy_versions[ref] = resource_version
+        return changed
+
+    def delete_policy(self, ref: PolicyRef) -> bool:
+        self.policy_versions.pop(ref, None)
+        return self.policies.pop(ref, None) is not None
+
+    def replace_policies(
+        self,
+        policies: Iterable[tuple[ConcurrencyPolicy, int]],
+        list_version: int,
+        namespace: str | None = None,
+    ) -> None:
+        listed = set()
+        for policy, rv in policies:
+            listed.add((policy.namespace, policy.name))
+            self.put_policy(policy, rv)
+        for ref in [r for r in self.policies if r not in listed and (namespace is None or r[0] == namespace)]:
+            if self.policy_versions.get(ref, 0) < list_version:
+                self.delete_policy(ref)

@@ -1,0 +1,302 @@
+"""The gating engine: keeps the cache fed, decides on every change, writes the decisions.
+
+One decision path per process. Each pass takes the cache as it is, asks the pure
+core (`admission.plan`) what to do, marks admissions as assumed, and sends the
+patches. An assumed admission holds its slot until the API answers: on success
+the returned object replaces the cached view, on refusal the assumption is
+forgotten and the watch brings the state to decide on again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jobgate import admission, patches
+from jobgate.cache import ClusterCache
+from jobgate.jobs import JobView
+from jobgate.metrics import Metrics
+from jobgate.policy import ConcurrencyPolicy
+from jobgate.status import StatusWriter
+
+log = logging.getLogger("jobgate.engine")
+
+
+class ClusterApi(Protocol):
+    """The API calls the engine needs; `kube.KubeApi` is the real one."""
+
+    async def list_jobs(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]: ...
+
+    async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]: ...
+
+    async def patch_job(self, namespace: str, name: str, patch: patches.JsonPatch) -> Mapping[str, Any] | None:
+        """Apply a JSON patch; None when the API refused it (gone, or a test failed)."""
+        ...
+
+    async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    async def post_event(self, job: JobView, type_: str, reason: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    resync_seconds: float = 300.0
+    status_seconds: float = 1.0
+    write_concurrency: int = 16
+
+
+def describe_key(policy: ConcurrencyPolicy, key: admission.Key) -> str:
+    if not key:
+        return "(all Jobs)"
+    return ",".join(f"{label}={value}" for label, value in zip(policy.spec.keyLabels, key, strict=True))
+
+
+class Engine:
+    def __init__(
+        self,
+        api: ClusterApi,
+        settings: EngineSettings,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.cache = ClusterCache()
+        self.assumed: set[str] = set()
+        self.announced: set[str] = set()  # Jobs whose Queued event (or warning) was posted
+        self.status = StatusWriter(api, clock)
+        self._wake = asyncio.Event()
+        self._dirty_since: float | None = None  # when the oldest unhandled change arrived
+        self._background: set[asyncio.Task[None]] = set()
+        self._write_limit = asyncio.Semaphore(settings.write_concurrency)
+
+    # --- feeding: called from watch handlers, synchronous and cheap -------------------------------
+
+    def observe_job(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        view = JobView.from_body(body)
+        if event_type == "DELETED":
+            changed = self.cache.delete_job(view.uid, view.resource_version) is not None
+        else:
+            changed = self.cache.put_job(view) is not None
+        if changed:
+            self.status.mark_dirty()
+            self.wake()
+
+    def observe_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        if event_type == "DELETED":
+            changed = self.cache.delete_policy((meta["namespace"], meta["name"]))
+        else:
+            changed = self.cache.put_policy(ConcurrencyPolicy.from_body(body), int(meta.get("resourceVersion") or 0))
+        if changed:
+            self.status.mark_dirty()
+            self.wake()
+
+    def wake(self) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = self.clock()
+        self._wake.set()
+
+    # --- leading: only the elected replica runs this ----------------------------------------------
+
+    async def lead(self) -> None:
+        """Sync from a fresh LIST, then decide on every change until cancelled."""
+        await self.sync(announce=False)
+        tasks = [self._spawn(self._decide_forever()), self._spawn(self._resync_forever())]
+        tasks.append(self._spawn(self._write_status_forever()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.assumed.clear()
+
+    async def sync_policies(self) -> None:
+        for namespace in self._scopes():
+            bodies, version = await self.api.list_policies(namespace)
+            parsed = [(ConcurrencyPolicy.from_body(b), int(b["metadata"].get("resourceVersion") or 0)) for b in bodies]
+            self.cache.replace_policies(parsed, version, namespace)
+        self.cache.policies_primed = True
+
+    async def sync(self, announce: bool = True) -> None:
+        """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps."""
+        await self.sync_policies()
+        for namespace in self._scopes():
+            bodies, version = await self.api.list_jobs(namespace)
+            gone = self.cache.replace_jobs((JobView.from_body(b) for b in bodies), version, namespace)
+            if gone:
+                log.info("resync found %d Job(s) deleted during a watch gap", len(gone))
+        if not announce:
+            # After a restart the Jobs already queued had their Queued event from our predecessor.
+            self.announced.update(uid for uid, job in self.cache.jobs.items() if job.suspended)
+        self.cache.primed = True
+        self.status.mark_dirty()
+        self.wake()
+
+    def _scopes(self) -> tuple[str | None, ...]:
+        return self.settings.namespaces or (None,)
+
+    async def _decide_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            started = self._dirty_since
+            self._dirty_since = None
+            await self.decide_once(started)
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            await self.sync()
+
+    async def _write_status_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_seconds)
+            await self.status.write(self.cache, self.assumed, self.metrics)
+
+    async def decide_once(self, triggered_at: float | None = None) -> admission.Plan:
+        if not self.cache.primed:
+            return admission.Plan()
+        policies = list(self.cache.policies.values())
+        jobs = list(self.cache.jobs.values())
+        plan = admission.plan(policies, jobs, self.assumed)
+        self._announce(policies, jobs)
+        if plan.admit or plan.resuspend or plan.release:
+            self.status.mark_dirty()
+        for job in plan.admit:
+            self.assumed.add(job.uid)
+        writes = [self._admit(job, policies, triggered_at) for job in plan.admit]
+        writes += [self._resuspend(job) for job in plan.resuspend]
+        writes += [self._release(job) for job in plan.release]
+        if writes:
+            await asyncio.gather(*writes)
+        return plan
+
+    # --- writes -----------------------------------------------------------------------------------
+
+    async def _patch(self, job: JobView, patch: patches.JsonPatch) -> JobView | None:
+        async with self._write_limit:
+            body = await self.api.patch_job(job.namespace, job.name, patch)
+        if body is None:
+            return None
+        view = JobView.from_body(body)
+        self.cache.put_job(view)
+        return view
+
+    async def _admit(self, job: JobView, policies: list[ConcurrencyPolicy], triggered_at: float | None) -> None:
+        now = self.clock()
+        try:
+            admitted = await self._patch(job, patches.admit(job, now))
+        except Exception:
+            log.exception("admitting Job %s/%s failed; it stays queued", job.namespace, job.name)
+            admitted = None
+            self._retry_later()
+        finally:
+            self.assumed.discard(job.uid)
+        if admitted is None:
+            return
+        govs = admission.governance(policies, job)
+        queued_since = job.queued_at or job.created
+        for gov in govs:
+            self.metrics.admitted(gov.policy, waited=max(0.0, now - queued_since))
+        if triggered_at is not None:
+            self.metrics.decision_latency.observe(max(0.0, now - triggered_at))
+        where = "; ".join(f"policy {g.policy.name} key {describe_key(g.policy, g.key)}" for g in govs)
+        self._post(job, "Normal", "Admitted", f"Admitted by {where} after {now - queued_since:.1f}s queued")
+
+    async def _resuspend(self, job: JobView) -> None:
+        try:
+            done = await self._patch(job, patches.resuspend(job, self.clock()))
+        except Exception:
+            log.exception("re-suspending Job %s/%s failed", job.namespace, job.name)
+            self._retry_later()
+            return
+        if done is not None:
+            self._post(
+                job,
+                "Warning",
+                "Resuspended",
+                "Suspended again: it was unsuspended without jobgate's admission while its key "
+                "had no free slot; it is queued now",
+            )
+
+    async def _release(self, job: JobView) -> None:
+        try:
+            done = await self._patch(job, patches.release(job))
+        except Exception:
+            log.exception("releasing Job %s/%s failed", job.namespace, job.name)
+            self._retry_later()
+            return
+        if done is not None:
+            self._post(job, "Normal", "Released", "Unsuspended: no ConcurrencyPolicy governs this Job any more")
+
+    def _retry_later(self, delay: float = 1.0) -> None:
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            self.wake()
+
+        self._spawn(retry())
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def _announce(self, policies: list[ConcurrencyPolicy], jobs: list[JobView]) -> None:
+        """Queued events and missing-label warnings, once per Job, on its first pass as queued."""
+        fresh = [j for j in jobs if j.queued and j.uid not in self.announced and j.uid not in self.assumed]
+        if not fresh:
+            return
+        index = admission.PolicyIndex(policies)
+        counts = admission.tally(policies, jobs, self.assumed)
+        for job in fresh:
+            govs = index.governance(job)
+            if not govs:
+                continue
+            self.announced.add(job.uid)
+            parts = []
+            for gov in govs:
+                state = counts[(gov.policy.namespace, gov.policy.name)][gov.key]
+                parts.append(
+                    f"policy {gov.policy.name} key {describe_key(gov.policy, gov.key)} "
+                    f"({len(state.running)}/{gov.policy.spec.maxConcurrent} running)"
+                )
+                if gov.missing_labels:
+                    self._post(
+                        job,
+                        "Warning",
+                        "MissingKeyLabel",
+                        f"Job lacks label(s) {', '.join(gov.missing_labels)} that policy {gov.policy.name} "
+                        "keys on: it is counted under the empty value",
+                    )
+            self._post(job, "Normal", "Queued", "Queued by " + "; ".join(parts))
+        # Forget finished and deleted Jobs so the set stays as small as the queue.
+        if len(self.announced) > 2 * len(self.cache.jobs) + 1000:
+            self.announced &= set(self.cache.jobs)
+
+    def _post(self, job: JobView, type_: str, reason: str, message: str) -> None:
+        async def post() -> None:
+            try:
+                await self.api.post_event(job, type_, reason, message)
+            except Exception as e:  # events are best effort, like the kubelet's own
+                log.warning("could not post %s event on %s/%s: %s", reason, job.namespace, job.name, e)
+
+        self._spawn(post())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,81 @@
+"""Kopf wiring: watch events feed the engine, the webhook suspends governed Jobs. Nothing else.
+
+Only `on.event`, `on.mutate` and `on.probe` are used: unlike on.create/update,
+they write no annotations and no finalizers onto other people's Jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from jobgate import admission
+from jobgate.engine import Engine
+from jobgate.jobs import QUEUED_AT
+from jobgate.policy import GROUP, PLURAL, VERSION
+from jobgate.timestamps import format_timestamp
+
+WEBHOOK_ID = "suspend-governed-jobs"
+WEBHOOK_PRIME_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A Job under creation, as the webhook sees it: it may have no name or uid yet."""
+
+    namespace: str
+    labels: Mapping[str, str]
+
+
+def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, is_leader: Any) -> None:
+    @kopf.on.event("batch", "v1", "jobs", registry=registry)
+    def job_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+        engine.observe_job(type, body)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def policy_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+        engine.observe_policy(type, body)
+
+    @kopf.on.probe(id="leader", registry=registry)
+    def leader(**_: Any) -> bool:
+        return bool(is_leader())
+
+    @kopf.on.probe(id="trackedJobs", registry=registry)
+    def tracked_jobs(**_: Any) -> int:
+        return len(engine.cache.jobs)
+
+    if not webhook:
+        return
+
+    @kopf.on.mutate("batch", "v1", "jobs", id=WEBHOOK_ID, operations=["CREATE"], registry=registry)
+    async def suspend_governed_jobs(body: kopf.Body, patch: kopf.Patch, warnings: list[str], **kwargs: Any) -> None:
+        if kwargs.get("operation") != "CREATE":  # Kopf does not filter operations itself
+            return
+        if not await _policies_known(engine):
+            engine.metrics.webhook_requests.labels("unavailable").inc()
+            raise kopf.AdmissionError("jobgate has not loaded its ConcurrencyPolicies yet; retry", code=503)
+        meta = body.get("metadata") or {}
+        job = NewJob(namespace=meta.get("namespace") or "", labels=meta.get("labels") or {})
+        governors = admission.governance(engine.cache.policies.values(), job)
+        if not governors:
+            engine.metrics.webhook_requests.labels("untouched").inc()
+            return
+        patch.spec["suspend"] = True
+        patch.metadata.annotations[QUEUED_AT] = format_timestamp(time.time())
+        names = ", ".join(g.policy.name for g in governors)
+        warnings.append(f"jobgate: suspended until ConcurrencyPolicy {names} admits it")
+        engine.metrics.webhook_requests.labels("suspended").inc()
+
+
+async def _policies_known(engine: Engine) -> bool:
+    deadline = time.monotonic() + WEBHOOK_PRIME_TIMEOUT
+    while not engine.cache.policies_primed:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True

@@ -1,0 +1,170 @@
+"""The Kubernetes API as jobgate uses it: a few raw JSON calls through `kubernetes.aio`.
+
+Raw JSON, not the client's models: a LIST of 10,000 Jobs deserialized into
+V1Job objects costs seconds and hundreds of megabytes; we keep small views.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes.aio import client as aio_client
+from kubernetes.aio import config as aio_config
+
+from jobgate.jobs import JobView
+from jobgate.metrics import Metrics
+from jobgate.patches import JsonPatch
+from jobgate.policy import GROUP, PLURAL, VERSION
+from jobgate.timestamps import format_kubernetes_time
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+LIST_PAGE = 500
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, method: str, path: str, body: str) -> None:
+        self.status = status
+        try:
+            message = json.loads(body).get("message", body)
+        except ValueError:
+            message = body
+        super().__init__(f"{method} {path}: {status} {message}")
+
+
+async def connect(kubeconfig: str | None = None, context: str | None = None) -> aio_client.ApiClient:
+    """An API client from the given kubeconfig, $KUBECONFIG or ~/.kube/config, else the in-cluster config."""
+    configuration = aio_client.Configuration()
+    if kubeconfig is None:
+        try:
+            aio_config.load_incluster_config(client_configuration=configuration)
+            return aio_client.ApiClient(configuration)
+        except aio_config.ConfigException:
+            pass
+    await aio_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    return aio_client.ApiClient(configuration)
+
+
+def _namespaced(namespace: str | None, api: str, plural: str) -> str:
+    if namespace is None:
+        return f"{api}/{plural}"
+    return f"{api}/namespaces/{quote(namespace)}/{plural}"
+
+
+class KubeApi:
+    """Implements engine.ClusterApi and status.StatusApi."""
+
+    def __init__(self, api_client: aio_client.ApiClient, metrics: Metrics, write_timeout: float = 5.0) -> None:
+        self.client = api_client
+        self.metrics = metrics
+        # An admission in flight when leadership is lost must land (or fail) before a
+        # successor could act: keep this below lease duration minus renew deadline.
+        self.write_timeout = write_timeout
+
+    async def request(
+        self,
+        verb: str,
+        path: str,
+        resource: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        method = {"list": "GET", "get": "GET", "patch": "PATCH", "create": "POST"}[verb]
+        serialized = await self.client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = await self.client.call_api(*serialized, _request_timeout=timeout)
+        data = await response.read()
+        self.metrics.api_requests.labels(verb, resource, str(response.status)).inc()
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, method, path, data.decode(errors="replace"))
+        return response.status, json.loads(data) if data else None
+
+    async def _list(self, path: str, resource: str, query: Mapping[str, str] | None = None) -> tuple[list[Any], int]:
+        """All pages of a LIST; the version is the first page's, the snapshot all pages belong to."""
+        items: list[Any] = []
+        params = {"limit": str(LIST_PAGE), **(query or {})}
+        version = 0
+        while True:
+            _, page = await self.request("list", path, resource, params)
+            items.extend(page.get("items") or [])
+            version = version or int(page["metadata"].get("resourceVersion") or 0)
+            token = page["metadata"].get("continue")
+            if not token:
+                return items, version
+            params = {**params, "continue": token}
+
+    async def list_jobs(
+        self, namespace: str | None, label_selector: str | None = None
+    ) -> tuple[list[Mapping[str, Any]], int]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        return await self._list("/" + _namespaced(namespace, "apis/batch/v1", "jobs"), "jobs", query)
+
+    async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]:
+        return await self._list("/" + _namespaced(namespace, f"apis/{GROUP}/{VERSION}", PLURAL), PLURAL)
+
+    async def get_job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        try:
+            _, body = await self.request(
+                "get", f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}", "jobs"
+            )
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        return body  # type: ignore[no-any-return]
+
+    async def patch_job(self, namespace: str, name: str, patch: JsonPatch) -> Mapping[str, Any] | None:
+        path = f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}"
+        try:
+            _, body = await self.request(
+                "patch", path, "jobs", body=patch, content_type=JSON_PATCH, timeout=self.write_timeout
+            )
+        except ApiError as e:
+            if e.status in (404, 409, 422):  # gone, or changed since we decided: not an error
+                return None
+            raise
+        return body  # type: ignore[no-any-return]
+
+    async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}/status"
+        try:
+            await self.request("patch", path, PLURAL, body={"status": status}, content_type=MERGE_PATCH)
+        except ApiError as e:
+            if e.status != 404:  # deleted meanwhile
+                raise
+
+    async def post_event(self, job: JobView, type_: str, reason: str, message: str) -> None:
+        now = format_kubernetes_time(time.time())
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{job.name}.", "namespace": job.namespace},
+            "involvedObject": {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": job.name,
+                "namespace": job.namespace,
+                "uid": job.uid,
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "jobgate"},
+            "reportingComponent": "jobgate.dev/operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self.request("create", f"/api/v1/namespaces/{quote(job.namespace)}/events", "events", body=event)

@@ -1,0 +1,172 @@
+"""The ConcurrencyPolicy resource: pydantic models that are the single source of its CRD schema.
+
+The descriptions here are what `kubectl explain cpol.spec` prints; the
+``x-kubernetes-validations`` (CEL) and patterns are what make the API server
+refuse a bad policy at `kubectl apply`, with the field named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobgate.timestamps import parse_timestamp
+
+GROUP = "jobgate.dev"
+VERSION = "v1alpha1"
+KIND = "ConcurrencyPolicy"
+PLURAL = "concurrencypolicies"
+SINGULAR = "concurrencypolicy"
+SHORT_NAMES = ("cpol",)
+
+# A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_PATTERN = rf"^({LABEL_PREFIX}/)?{LABEL_NAME}$"
+LABEL_VALUE_PATTERN = rf"^({LABEL_NAME})?$"
+LABEL_KEY_MAX = 253 + 1 + 63
+LABEL_KEY_RULE = {
+    "rule": f"self.matches('{LABEL_KEY_PATTERN}') && (!self.contains('/') || self.indexOf('/') <= 253)",
+    "message": "must be a valid label key: an optional DNS subdomain prefix and '/', "
+    "then 1-63 characters [A-Za-z0-9-_.] starting and ending alphanumeric",
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+def _cel(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class LabelSelectorRequirement(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "self.operator in ['Exists', 'DoesNotExist'] "
+                "? (!has(self.values) || size(self.values) == 0) : (has(self.values) && size(self.values) > 0)",
+                "message": "values must be empty for Exists and DoesNotExist and non-empty for In and NotIn",
+            }
+        )
+    )
+
+    key: str = Field(
+        description="The label key that the selector applies to.",
+        max_length=LABEL_KEY_MAX,
+        json_schema_extra=_cel(LABEL_KEY_RULE),
+    )
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="How the key relates to the values: In, NotIn, Exists or DoesNotExist."
+    )
+    values: list[str] | None = Field(
+        default=None,
+        description="Label values. Non-empty for In and NotIn; must be empty for Exists and DoesNotExist.",
+        max_length=256,
+        json_schema_extra={"items": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}},
+    )
+
+
+class LabelSelector(_Model):
+    """A standard Kubernetes label selector (metav1.LabelSelector)."""
+
+    matchLabels: dict[str, str] | None = Field(
+        default=None,
+        description="Labels that a Job must carry with exactly these values.",
+        max_length=64,
+        json_schema_extra={
+            "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
+            **_cel(
+                {
+                    "rule": f"self.all(k, k.size() <= {LABEL_KEY_MAX} && k.matches('{LABEL_KEY_PATTERN}'))",
+                    "message": "every key must be a valid label key",
+                }
+            ),
+        },
+    )
+    matchExpressions: list[LabelSelectorRequirement] | None = Field(
+        default=None,
+        description="Requirements on labels, all of which must hold (ANDed with matchLabels).",
+        max_length=64,
+    )
+
+
+class PolicySpec(_Model):
+    selector: LabelSelector = Field(
+        description="Which Jobs of this namespace the policy governs, by their labels. "
+        "An empty selector ({}) governs every Job of the namespace."
+    )
+    keyLabels: list[str] = Field(
+        default_factory=list,
+        description="Labels whose values form a Job's key; each key value gets its own maxConcurrent slots. "
+        "A Job that lacks one of these labels counts under the empty value. "
+        "An empty list puts every selected Job under one key.",
+        max_length=16,
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            "items": {"type": "string", "maxLength": LABEL_KEY_MAX, **_cel(LABEL_KEY_RULE)},
+        },
+    )
+    maxConcurrent: int = Field(
+        description="How many Jobs may run at once per key value. 0 pauses the policy: "
+        "no new admissions, running Jobs are left alone.",
+        ge=0,
+        le=1_000_000,
+    )
+
+
+class KeyCount(_Model):
+    key: dict[str, str] = Field(description="The key: a value for each of keyLabels.")
+    running: int = Field(description="Jobs of this key that hold a slot.")
+    queued: int = Field(description="Jobs of this key waiting for a slot.")
+
+
+class Condition(_Model):
+    type: str = Field(description="Condition type, e.g. Ready.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word saying why.")
+    message: str = Field(default="", description="A sentence for humans.")
+    lastTransitionTime: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+
+
+MAX_BUSIEST_KEYS = 10
+
+
+class PolicyStatus(_Model):
+    observedGeneration: int | None = Field(
+        default=None, description="The metadata.generation that this status reflects."
+    )
+    running: int = Field(default=0, description="Running Jobs over all keys.")
+    queued: int = Field(default=0, description="Queued Jobs over all keys.")
+    keys: int = Field(default=0, description="Key values that have running or queued Jobs.")
+    busiestKeys: list[KeyCount] = Field(
+        default_factory=list,
+        description=f"At most {MAX_BUSIEST_KEYS} keys, most queued first.",
+        max_length=MAX_BUSIEST_KEYS,
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Ready says whether jobgate acts.")
+
+
+class ConcurrencyPolicy(_Model):
+    """A ConcurrencyPolicy as jobgate reads it: identity, spec, and when it began to govern."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: float  # creationTimestamp, seconds since the epoch
+    spec: PolicySpec
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ConcurrencyPolicy:
+        meta = body["metadata"]
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation", 1)),
+            created=parse_timestamp(meta["creationTimestamp"]),
+            spec=PolicySpec.model_validate(body.get("spec", {})),
+        )

@@ -1,0 +1,181 @@
+"""`jobgate run`: start the operator (watches, engine, webhook, metrics, leader election)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import uuid
+from typing import Any
+
+import kopf
+
+from jobgate import handlers, kube
+from jobgate.engine import Engine, EngineSettings
+from jobgate.leader import Leadership
+from jobgate.logs import setup_logging
+from jobgate.metrics import Metrics
+
+log = logging.getLogger("jobgate")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("what to watch")
+    where.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
+    where.add_argument("--context", help="kubeconfig context to use")
+    scope = where.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch this namespace (repeatable); the default is all namespaces",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    where.add_argument(
+        "--job-selector",
+        metavar="SELECTOR",
+        help="server-side label selector for the Jobs to watch, e.g. 'jobgate.dev/governed' — "
+        "set it when the cluster has many Jobs that no policy could govern",
+    )
+    where.add_argument("--resync-seconds", type=float, default=300.0, help="full re-list period (default 300)")
+
+    serve = parser.add_argument_group("endpoints")
+    serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0 disables")
+    serve.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port; 0 disables")
+    serve.add_argument("--webhook-port", type=int, default=0, help="serve the mutating webhook on this port")
+    serve.add_argument("--webhook-cert", help="PEM certificate for the webhook server")
+    serve.add_argument("--webhook-key", help="PEM private key for the webhook server")
+    serve.add_argument("--webhook-addr", default="0.0.0.0", help="webhook listen address (default 0.0.0.0)")
+
+    elect = parser.add_argument_group("leader election")
+    elect.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="elect one admitting replica with a Lease (default: on)",
+    )
+    elect.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the Lease (default: $POD_NAMESPACE or 'default')",
+    )
+    elect.add_argument("--lease-name", default="jobgate-leader", help="name of the Lease (default jobgate-leader)")
+    elect.add_argument("--lease-seconds", type=int, default=15, help="Lease duration (default 15)")
+
+    logs = parser.add_argument_group("logging")
+    logs.add_argument("--log-format", choices=["text", "json"], default="text", help="one event per line")
+    logs.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_format, args.log_level)
+    if bool(args.webhook_port) != bool(args.webhook_cert and args.webhook_key):
+        print(
+            "error: --webhook-port needs --webhook-cert and --webhook-key (and they need the port)",
+            file=sys.stderr,
+        )
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(operate(args))
+    return 0
+
+
+async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = None) -> None:
+    metrics = Metrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    api_client = await kube.connect(args.kubeconfig, args.context)
+    api = kube.KubeApi(api_client, metrics, write_timeout=max(1.0, args.lease_seconds / 4))
+    namespaces = tuple(args.namespaces or ())
+    engine = Engine(api, EngineSettings(namespaces=namespaces, resync_seconds=args.resync_seconds), metrics)
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+    async def lead() -> None:
+        metrics.leader.set(1)
+        try:
+            await engine.lead()
+        finally:
+            metrics.leader.set(0)
+
+    leadership = Leadership(
+        api_client,
+        args.leader_election_namespace,
+        args.lease_name,
+        identity,
+        lead,
+        lease_seconds=args.lease_seconds,
+        renew_seconds=max(2, args.lease_seconds * 2 // 3),
+        retry_seconds=max(1, args.lease_seconds // 7),
+    )
+
+    registry = kopf.OperatorRegistry()
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, args)
+    install_login(registry, api_client)
+    handlers.register(
+        registry,
+        engine,
+        webhook=bool(args.webhook_port),
+        is_leader=(lambda: leadership.is_leader) if args.leader_elect else (lambda: True),
+    )
+
+    log.info("jobgate starting as %s, watching %s", identity, ", ".join(namespaces) or "all namespaces")
+    await engine.sync_policies()
+    elected = asyncio.create_task(leadership.run() if args.leader_elect else lead())
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            stop_flag=stop_flag,
+            liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+            **({"namespaces": list(namespaces)} if namespaces else {"clusterwide": True}),
+        )
+    finally:
+        elected.cancel()
+        await asyncio.gather(elected, return_exceptions=True)
+        await engine.close()
+        await api_client.close()
+
+
+def configure_kopf(settings: kopf.OperatorSettings, args: argparse.Namespace) -> None:
+    settings.posting.enabled = False  # jobgate posts its own Events, on transitions only
+    settings.scanning.disabled = True  # no CRD/namespace scanning: fewer permissions needed
+    settings.persistence.finalizer = "jobgate.dev/unused"  # never strip anyone's Kopf finalizer
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    if args.job_selector:
+        settings.watching.label_selectors["batch", "v1", "jobs"] = args.job_selector
+    if args.webhook_port:
+        settings.admission.server = kopf.WebhookServer(
+            addr=args.webhook_addr,
+            port=args.webhook_port,
+            certfile=args.webhook_cert,
+            pkeyfile=args.webhook_key,
+        )
+    settings.admission.managed = None  # the chart (or the test) owns the webhook configuration
+
+
+def install_login(registry: kopf.OperatorRegistry, api_client: Any) -> None:
+    """Kopf's watches use the same identity as our writes."""
+
+    @kopf.on.login(registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        cfg = api_client.configuration
+        header = await cfg.get_api_key_with_prefix("BearerToken")
+        scheme, _space, token = (header or "").rpartition(" ")
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+            scheme=scheme or None,
+            token=token or None,
+        )
