@@ -117,9 +117,7 @@ def _count_packages(wrapper: Path, packages: Sequence[str], env: dict[str, str])
 
 def _go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     try:
-        proc = subprocess.run(
-            ["go", *args], cwd=cwd, env=env or go_env(), capture_output=True, text=True, check=False
-        )
+        proc = subprocess.run(["go", *args], cwd=cwd, env=env or go_env(), capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise BuildError(f"the Go toolchain (go) is not on PATH: install Go >= 1.26, {HOW_ELSE}") from None
     if proc.returncode != 0:
@@ -130,7 +128,9 @@ def _go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
-def _write_wrapper(directory: Path, module: str, requires: dict[str, str], replaces: dict[str, str], imports: Sequence[str]) -> None:
+def _write_wrapper(
+    directory: Path, module: str, requires: dict[str, str], replaces: dict[str, str], imports: Sequence[str]
+) -> None:
     """A throwaway module whose only purpose is to pin and build others' main packages."""
     directory.mkdir(parents=True, exist_ok=True)
     lines = [f"module {module}", "", "go 1.26", "", "require ("]
@@ -189,16 +189,28 @@ def build_kubernetes(v: dict[str, str], output: Path) -> None:
 
 def build_etcd(v: dict[str, str], output: Path) -> None:
     wrapper = cache_root() / "src" / f"etcd-{v['etcd']}"
-    _write_wrapper(wrapper, "jobgate.dev/localcluster/etcd", {"go.etcd.io/etcd/server/v3": v["etcd"]}, {}, ["go.etcd.io/etcd/server/v3"])
+    _write_wrapper(
+        wrapper,
+        "jobgate.dev/localcluster/etcd",
+        {"go.etcd.io/etcd/server/v3": v["etcd"]},
+        {},
+        ["go.etcd.io/etcd/server/v3"],
+    )
     _progress("etcd", f"resolving modules for {v['etcd']}")
     _go(["mod", "tidy"], cwd=wrapper)
     GoBuild(wrapper, ["go.etcd.io/etcd/server/v3"], "-s -w", output).run("etcd")
-    (output / "v3").rename(output / "etcd")  # go names the binary after the last path element
+    (output / "server").rename(output / "etcd")  # go names it after the path, less its /v3
 
 
 def build_kwok(v: dict[str, str], output: Path) -> None:
     wrapper = cache_root() / "src" / f"kwok-{v['kwok']}"
-    _write_wrapper(wrapper, "jobgate.dev/localcluster/kwok", {"sigs.k8s.io/kwok": v["kwok"]}, {}, ["sigs.k8s.io/kwok/cmd/kwok"])
+    _write_wrapper(
+        wrapper,
+        "jobgate.dev/localcluster/kwok",
+        {"sigs.k8s.io/kwok": v["kwok"]},
+        {},
+        ["sigs.k8s.io/kwok/cmd/kwok"],
+    )
     _go(["mod", "tidy"], cwd=wrapper)
     flags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={v['kwok']}"
     GoBuild(wrapper, ["sigs.k8s.io/kwok/cmd/kwok"], flags, output).run("kwok")
@@ -206,7 +218,13 @@ def build_kwok(v: dict[str, str], output: Path) -> None:
 
 def build_helm(v: dict[str, str], output: Path) -> None:
     wrapper = cache_root() / "src" / f"helm-{v['helm']}"
-    _write_wrapper(wrapper, "jobgate.dev/localcluster/helm", {"helm.sh/helm/v3": v["helm"]}, {}, ["helm.sh/helm/v3/cmd/helm"])
+    _write_wrapper(
+        wrapper,
+        "jobgate.dev/localcluster/helm",
+        {"helm.sh/helm/v3": v["helm"]},
+        {},
+        ["helm.sh/helm/v3/cmd/helm"],
+    )
     _go(["mod", "tidy"], cwd=wrapper)
     _, minor, _ = v["kubernetes"].lstrip("v").split(".")
     flags = [
@@ -236,7 +254,9 @@ def ensure_binaries() -> Path:
     if not missing_binaries(target):
         return target
     if shutil.which("go") is None:
-        raise BuildError(f"the Go toolchain (go) is not on PATH and {target} lacks binaries: install Go >= 1.26, {HOW_ELSE}")
+        raise BuildError(
+            f"the Go toolchain (go) is not on PATH and {target} lacks binaries: install Go >= 1.26, {HOW_ELSE}"
+        )
     cache_root().mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     for name, (binaries, build) in BUILDERS.items():

@@ -1,0 +1,112 @@
+"""An independent observer of Jobs: follows the watch stream and checks the limits at every event.
+
+It shares only the pure core with the operator (to compute keys), never its
+cache or its decisions: what it sees is what the API server says, in order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes.client
+import kubernetes.watch
+
+from jobgate.admission import governance
+from jobgate.jobs import JobView
+from jobgate.policy import ConcurrencyPolicy
+
+Slot = tuple[str, tuple[str, ...]]
+
+
+class JobWatch:
+    def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str) -> None:
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.namespace = namespace
+        self.jobs: dict[str, JobView] = {}  # by name
+        self.policies: list[ConcurrencyPolicy] = []
+        self.peak: Counter[Slot] = Counter()  # the most Jobs ever seen running at once, per policy and key
+        self.admitted_over_limit: list[str] = []  # admissions by jobgate that took a key over its limit
+        self.changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._started = threading.Event()
+
+    def __enter__(self) -> JobWatch:
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def govern(self, policy: ConcurrencyPolicy) -> None:
+        """Tell the watch which policy to check (the test's own copy, not the operator's)."""
+        with self.changed:
+            self.policies = [p for p in self.policies if p.name != policy.name] + [policy]
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            watch = kubernetes.watch.Watch()
+            self._started.set()
+            for event in watch.stream(self.batch.list_namespaced_job, self.namespace, timeout_seconds=5):
+                self._apply(event["type"], event["raw_object"])
+                if self._stop.is_set():
+                    watch.stop()
+                    break
+
+    def _apply(self, kind: str, body: dict[str, Any]) -> None:
+        view = JobView.from_body(body)
+        with self.changed:
+            before = self.jobs.get(view.name)
+            if kind == "DELETED":
+                self.jobs.pop(view.name, None)
+            else:
+                self.jobs[view.name] = view
+            counts = self.running_counts()
+            for slot, count in counts.items():
+                self.peak[slot] = max(self.peak[slot], count)
+            newly_running = view.running and (before is None or not before.running) and kind != "DELETED"
+            if newly_running and view.admitted_at is not None:
+                limits = {p.name: p.spec.maxConcurrent for p in self.policies}
+                for gov in governance(self.policies, view):
+                    if counts[(gov.policy.name, gov.key)] > limits[gov.policy.name]:
+                        self.admitted_over_limit.append(f"{view.name} took {gov.policy.name}{gov.key} over")
+            self.changed.notify_all()
+
+    def running_counts(self) -> Counter[Slot]:
+        counts: Counter[Slot] = Counter()
+        for job in self.jobs.values():
+            if job.running:
+                for gov in governance(self.policies, job):
+                    counts[(gov.policy.name, gov.key)] += 1
+        return counts
+
+    def wait_for(self, predicate: Callable[[JobWatch], bool], what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{what} did not happen within {timeout:.0f}s; jobs: {self.describe()}")
+                self.changed.wait(remaining)
+
+    def finished(self, *names: str) -> bool:
+        return all(n in self.jobs and self.jobs[n].finished for n in names)
+
+    def all_finished(self, count: int) -> bool:
+        return len(self.jobs) >= count and all(j.finished for j in self.jobs.values())
+
+    def running(self) -> set[str]:
+        return {name for name, job in self.jobs.items() if job.running}
+
+    def describe(self) -> str:
+        states = {
+            name: "finished" if j.finished else "running" if j.running else "held" if j.held else "queued"
+            for name, j in sorted(self.jobs.items())
+        }
+        return ", ".join(f"{n}={s}" for n, s in states.items())

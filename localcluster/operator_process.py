@@ -1,0 +1,87 @@
+"""`jobgate run` as a real process against a cluster: for tests, the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CRD_FILE = REPO / "crds" / "concurrencypolicies.jobgate.dev.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """`jobgate run` in a subprocess, logging to a file whose tail is shown when something fails."""
+
+    def __init__(self, kubeconfig: Path, namespaces: Sequence[str], log_dir: Path, *extra: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespaces = list(namespaces)
+        self.extra = list(extra)
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.log_path = log_dir / f"jobgate-{self.health_port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> OperatorProcess:
+        args = [sys.executable, "-m", "jobgate", "run", "--kubeconfig", str(self.kubeconfig)]
+        for ns in self.namespaces:
+            args += ["--namespace", ns]
+        args += ["--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
+        args += ["--log-level", "DEBUG", *self.extra]
+        log = self.log_path.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"jobgate exited with {self.process.returncode} at start:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"jobgate was not healthy within {timeout:.0f}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text: str = r.read().decode()
+            return text
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """Die at once, as a crashed or OOM-killed pod would: no cleanup, no Lease release."""
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 60) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"

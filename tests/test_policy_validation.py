@@ -1,0 +1,81 @@
+"""An invalid ConcurrencyPolicy is refused at `kubectl apply`, with the field named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from localcluster.access import ClusterAccess, ToolError
+
+pytestmark = pytest.mark.cluster
+
+
+def manifest(spec: dict[str, object]) -> str:
+    return yaml.safe_dump(
+        {"apiVersion": "jobgate.dev/v1alpha1", "kind": "ConcurrencyPolicy", "metadata": {"name": "bad"}, "spec": spec}
+    )
+
+
+SELECTOR = {"matchLabels": {"app": "export"}}
+
+INVALID = {
+    "negative maxConcurrent": (
+        {"selector": SELECTOR, "maxConcurrent": -1},
+        "spec.maxConcurrent: Invalid value: -1: spec.maxConcurrent in body should be greater than or equal to 0",
+    ),
+    "maxConcurrent not an integer": (
+        {"selector": SELECTOR, "maxConcurrent": "two"},
+        'spec.maxConcurrent: Invalid value: "string": spec.maxConcurrent in body must be of type integer',
+    ),
+    "fractional maxConcurrent": ({"selector": SELECTOR, "maxConcurrent": 1.5}, "spec.maxConcurrent"),
+    "missing selector": ({"maxConcurrent": 1}, "spec.selector: Required value"),
+    "missing maxConcurrent": ({"selector": SELECTOR}, "spec.maxConcurrent: Required value"),
+    "bad operator": (
+        {"selector": {"matchExpressions": [{"key": "app", "operator": "Near"}]}, "maxConcurrent": 1},
+        'spec.selector.matchExpressions[0].operator: Unsupported value: "Near"',
+    ),
+    "values with Exists": (
+        {"selector": {"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["x"]}]}, "maxConcurrent": 1},
+        'spec.selector.matchExpressions[0]: Invalid value: "object": values must be empty for Exists',
+    ),
+    "In without values": (
+        {"selector": {"matchExpressions": [{"key": "app", "operator": "In"}]}, "maxConcurrent": 1},
+        "non-empty for In and NotIn",
+    ),
+    "invalid matchLabels key": (
+        {"selector": {"matchLabels": {"not a key!": "x"}}, "maxConcurrent": 1},
+        "spec.selector.matchLabels: Invalid value",
+    ),
+    "invalid keyLabels entry": (
+        {"selector": SELECTOR, "keyLabels": ["customer id"], "maxConcurrent": 1},
+        'spec.keyLabels[0]: Invalid value: "string": must be a valid label key',
+    ),
+    "duplicate keyLabels": (
+        {"selector": SELECTOR, "keyLabels": ["customer", "customer"], "maxConcurrent": 1},
+        'spec.keyLabels[1]: Duplicate value: "customer"',
+    ),
+    "unknown field": ({"selector": SELECTOR, "maxConcurent": 1}, 'unknown field "spec.maxConcurent"'),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID), ids=list(INVALID))
+def test_an_invalid_policy_is_refused_with_the_field_named(
+    cluster: ClusterAccess, namespace: str, crd: None, case: str
+) -> None:
+    spec, message = INVALID[case]
+    with pytest.raises(ToolError) as refused:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
+    assert message in str(refused.value)
+    assert "bad" not in cluster.kubectl("get", "cpol", "-n", namespace, "-o", "name")
+
+
+def test_a_valid_policy_is_accepted_and_shown_with_its_columns(
+    cluster: ClusterAccess, namespace: str, crd: None
+) -> None:
+    spec = {"selector": SELECTOR, "keyLabels": ["customer-id", "example.com/tier"], "maxConcurrent": 1}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
+    header = cluster.kubectl("get", "cpol", "-n", namespace).splitlines()[0].split()
+    assert header == ["NAME", "KEY", "LABELS", "MAX", "RUNNING", "QUEUED", "AGE"]
+    explained = cluster.kubectl("explain", "cpol.spec")
+    for field in ("selector", "keyLabels", "maxConcurrent"):
+        assert field in explained

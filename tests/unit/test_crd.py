@@ -1,0 +1,28 @@
+"""The committed CRD is generated from the pydantic models, and stays so."""
+
+from __future__ import annotations
+
+from jobgate.crd import CRD_FILE, render_crd, render_crd_yaml
+
+
+def test_the_committed_crd_is_not_stale() -> None:
+    assert CRD_FILE.read_text() == render_crd_yaml(), "crds/ is stale: run `make crds` and commit the result"
+
+
+def test_the_crd_explains_every_spec_field() -> None:
+    schema = render_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+    def undocumented(node: dict[str, object], path: str) -> list[str]:
+        missing = [] if "description" in node or path.endswith("[]") else [path]
+        for name, child in (node.get("properties") or {}).items():  # type: ignore[attr-defined]
+            missing += undocumented(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            missing += undocumented(node["items"], f"{path}[]")  # type: ignore[arg-type]
+        return missing
+
+    assert undocumented(schema, "spec") == []
+
+
+def test_printer_columns_are_those_of_the_spec() -> None:
+    columns = [c["name"] for c in render_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert columns == ["Key Labels", "Max", "Running", "Queued", "Age"]
