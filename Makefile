@@ -43,8 +43,12 @@ unit: $(STAMP)
 test: lint binaries
 	$(PY) -m pytest -q
 
+demo: binaries
+	$(PY) -m localcluster.demo
+
 crds: $(STAMP)
 	$(PY) -m jobgate.crd > crds/concurrencypolicies.jobgate.dev.yaml
+	$(PY) -m jobgate.crd --update-readme
 
 clean:
 	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobgate.crd import CRD_FILE, render_crd, render_crd_yaml
+from jobgate.crd import CRD_FILE, render_crd, render_crd_yaml, render_reference_markdown
 
 
 def test_the_committed_crd_is_not_stale() -> None:
@@ -26,3 +26,8 @@ def test_the_crd_explains_every_spec_field() -> None:
 def test_printer_columns_are_those_of_the_spec() -> None:
     columns = [c["name"] for c in render_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
     assert columns == ["Key Labels", "Max", "Running", "Queued", "Age"]
+
+
+def test_the_readme_policy_reference_is_generated_from_the_models() -> None:
+    readme = (CRD_FILE.parents[1] / "README.md").read_text()
+    assert render_reference_markdown() in readme, "README's policy reference is stale: run `make crds`"
