@@ -1,0 +1,493 @@
+"""What the CLI shows — per-key counts, queues, why a Job waits — from policies and Job views alone.
+
+Pure: no client and no clock (the caller passes ``now``). Every count and
+position comes from ``admission.tally``, ``admission.plan`` and ``JobView.order``,
+the functions the operator decides with, so the CLI never disagrees with it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jobgate import admission
+from jobgate.jobs import HOLD, JobView
+from jobgate.policy import ConcurrencyPolicy, LabelSelector
+
+Slot = Literal["free", "taken", "full", "paused"]
+State = Literal["running", "finished", "held", "queued", "suspended"]
+
+
+def describe_key(key: Mapping[str, str]) -> str:
+    """``customer-id=42,region=eu``; a policy without key labels has one key for all its Jobs."""
+    if not key:
+        return "(all)"
+    return ",".join(f"{label}={value}" if value else f'{label}=""' for label, value in key.items())
+
+
+def waited(job: JobView, now: float) -> float:
+    """Seconds since the Job was queued (jobgate.dev/queued-at, else creationTimestamp); never negative."""
+    since = job.queued_at if job.queued_at is not None else job.created
+    return max(0.0, now - since)
+
+
+class _Decision:
+    """The tally and the plan for one set of policies and Jobs, computed once."""
+
+    def __init__(self, policies: Sequence[ConcurrencyPolicy], jobs: Sequence[JobView]) -> None:
+        self.tally = admission.tally(policies, jobs)
+        self.plan = admission.plan(policies, jobs)
+        self.admit = {job.uid for job in self.plan.admit}
+        index = admission.PolicyIndex(policies)
+        # Admissions that the next decision makes in each slot: they take its free slots.
+        self.admitted_in: dict[tuple[admission.PolicyRef, admission.Key], set[str]] = defaultdict(set)
+        for job in self.plan.admit:
+            for gov in index.governance(job):
+                self.admitted_in[gov.slot].add(job.uid)
+
+    def keys(self, policy: ConcurrencyPolicy) -> dict[admission.Key, admission.KeyState]:
+        return self.tally[admission.policy_ref(policy)]
+
+    def slot(self, policy: ConcurrencyPolicy, key: admission.Key, job: JobView) -> Slot:
+        """The key's slots as ``job`` sees them at the next decision."""
+        limit = policy.spec.maxConcurrent
+        running = len(self.keys(policy).get(key, admission.KeyState()).running)
+        if limit == 0:
+            return "paused"
+        if running >= limit:
+            return "full"
+        others = self.admitted_in[(admission.policy_ref(policy), key)] - {job.uid}
+        return "taken" if running + len(others) >= limit else "free"
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    key: dict[str, str]
+    running: int
+    queued: int
+    held: int
+    oldest_wait: float | None  # seconds the longest-waiting queued Job has waited
+    admissible: int  # queued Jobs the next decision admits
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "running": self.running,
+            "queued": self.queued,
+            "held": self.held,
+            "oldestWaitSeconds": _seconds(self.oldest_wait),
+            "admissible": self.admissible,
+        }
+
+
+@dataclass(frozen=True)
+class PolicySummary:
+    namespace: str
+    name: str
+    key_labels: list[str]
+    max_concurrent: int
+    running: int
+    queued: int
+    held: int
+    keys: int  # keys with running or queued Jobs
+    busiest_keys: list[KeyStatus]  # the first --limit of them, most queued first
+
+    @property
+    def more_keys(self) -> int:
+        return self.keys - len(self.busiest_keys)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "keyLabels": self.key_labels,
+            "maxConcurrent": self.max_concurrent,
+            "running": self.running,
+            "queued": self.queued,
+            "held": self.held,
+            "keys": self.keys,
+            "moreKeys": self.more_keys,
+            "busiestKeys": [k.as_dict() for k in self.busiest_keys],
+        }
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    namespace: str | None  # None: all namespaces
+    policies: list[PolicySummary]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "policies": [p.as_dict() for p in self.policies]}
+
+
+def status_report(
+    namespace: str | None,
+    policies: Sequence[ConcurrencyPolicy],
+    jobs: Sequence[JobView],
+    now: float,
+    limit: int = 0,
+    only: Iterable[ConcurrencyPolicy] | None = None,
+) -> StatusReport:
+    """Per policy (``only`` these, all by default) and key: running, queued, held, oldest wait.
+
+    ``namespace`` is the one that was read (None: all); ``policies`` and ``jobs`` are all of it.
+
+    Keys are sorted as in the policy's ``status.busiestKeys`` (most queued, then
+    most running); ``limit`` keeps that many per policy, 0 keeps all.
+    """
+    decision = _Decision(policies, jobs)
+    summaries = []
+    for policy in sorted(policies if only is None else only, key=admission.policy_ref):
+        keys = decision.keys(policy)
+        active = sorted(
+            ((key, s) for key, s in keys.items() if s.running or s.queued),
+            key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]),
+        )
+        shown = active if limit <= 0 else active[:limit]
+        summaries.append(
+            PolicySummary(
+                namespace=policy.namespace,
+                name=policy.name,
+                key_labels=list(policy.spec.keyLabels),
+                max_concurrent=policy.spec.maxConcurrent,
+                running=sum(len(s.running) for s in keys.values()),
+                queued=sum(len(s.queued) for s in keys.values()),
+                held=sum(len(s.held) for s in keys.values()),
+                keys=len(active),
+                busiest_keys=[
+                    KeyStatus(
+                        key=admission.key_dict(policy, key),
+                        running=len(s.running),
+                        queued=len(s.queued),
+                        held=len(s.held),
+                        oldest_wait=max((waited(j, now) for j in s.queued), default=None),
+                        admissible=sum(1 for j in s.queued if j.uid in decision.admit),
+                    )
+                    for key, s in shown
+                ],
+            )
+        )
+    return StatusReport(namespace, summaries)
+
+
+# --- queue ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    name: str
+    key: dict[str, str]
+    rank: int  # 1-based, in the admission order of the policy's whole queue
+    position: int  # 1-based in its key's queue: 1 is the next to be admitted for its key
+    key_queued: int  # length of its key's queue
+    running: int  # running Jobs of its key
+    priority: int
+    waiting: float  # seconds since queued
+    admit_next: bool  # the next decision admits it
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "key": self.key,
+            "rank": self.rank,
+            "position": self.position,
+            "keyQueued": self.key_queued,
+            "running": self.running,
+            "priority": self.priority,
+            "waitingSeconds": _seconds(self.waiting),
+            "admitNext": self.admit_next,
+        }
+
+
+@dataclass(frozen=True)
+class QueueReport:
+    namespace: str
+    policy: str
+    key_labels: list[str]
+    max_concurrent: int
+    key_filter: dict[str, str]
+    queued: int  # in the whole policy, before the key filter
+    matching: int  # entries that pass the key filter, before the limit
+    entries: list[QueueEntry]
+
+    @property
+    def more(self) -> int:
+        return self.matching - len(self.entries)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "policy": self.policy,
+            "keyLabels": self.key_labels,
+            "maxConcurrent": self.max_concurrent,
+            "keyFilter": self.key_filter,
+            "queued": self.queued,
+            "matching": self.matching,
+            "more": self.more,
+            "jobs": [e.as_dict() for e in self.entries],
+        }
+
+
+def queue_report(
+    policy: ConcurrencyPolicy,
+    policies: Sequence[ConcurrencyPolicy],
+    jobs: Sequence[JobView],
+    now: float,
+    key_filter: Mapping[str, str] | None = None,
+    limit: int = 0,
+) -> QueueReport:
+    """The policy's queued Jobs in admission order, with their rank and their position in their key.
+
+    ``policies`` are all those that may govern the Jobs (overlaps decide what
+    is admitted next); ``key_filter`` keeps the Jobs whose key has these values.
+    """
+    decision = _Decision(policies, jobs)
+    wanted = dict(key_filter or {})
+    placed: list[tuple[JobView, admission.Key, int, admission.KeyState]] = []
+    for key, state in decision.keys(policy).items():
+        placed.extend((job, key, position, state) for position, job in enumerate(state.queued, start=1))
+    placed.sort(key=lambda p: p[0].order)
+    entries = []
+    for rank, (job, key, position, state) in enumerate(placed, start=1):
+        named = admission.key_dict(policy, key)
+        if any(named.get(label) != value for label, value in wanted.items()):
+            continue
+        entries.append(
+            QueueEntry(
+                name=job.name,
+                key=named,
+                rank=rank,
+                position=position,
+                key_queued=len(state.queued),
+                running=len(state.running),
+                priority=job.priority,
+                waiting=waited(job, now),
+                admit_next=job.uid in decision.admit,
+            )
+        )
+    return QueueReport(
+        namespace=policy.namespace,
+        policy=policy.name,
+        key_labels=list(policy.spec.keyLabels),
+        max_concurrent=policy.spec.maxConcurrent,
+        key_filter=wanted,
+        queued=len(placed),
+        matching=len(entries),
+        entries=entries if limit <= 0 else entries[:limit],
+    )
+
+
+# --- why -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Governor:
+    """One policy that governs the Job: its key there, the slot's occupants, the Job's place in line."""
+
+    policy: str
+    key: dict[str, str]
+    missing_labels: list[str]
+    running: int
+    max_concurrent: int
+    running_jobs: list[str]  # the Jobs holding the key's slots, in admission order
+    queued: int
+    position: int | None  # in the key's queue, when the Job is queued
+    slot: Slot  # at the next decision: free, taken (by Jobs before it), full, or paused (max 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "key": self.key,
+            "missingLabels": self.missing_labels,
+            "running": self.running,
+            "maxConcurrent": self.max_concurrent,
+            "runningJobs": self.running_jobs,
+            "queued": self.queued,
+            "position": self.position,
+            "slot": self.slot,
+        }
+
+
+@dataclass(frozen=True)
+class Unmatched:
+    """A policy of the namespace that does not govern the Job, and why."""
+
+    policy: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class WhyReport:
+    namespace: str
+    name: str
+    state: State  # "suspended": suspended, not held, and no policy governs it
+    admit_next: bool  # the next decision admits it
+    release: bool  # ungoverned, queued by jobgate: the next decision unsuspends it
+    resuspend: bool  # unsuspended without jobgate, over a limit: the next decision suspends it
+    waiting: float | None  # seconds since queued, for a suspended Job
+    governors: list[Governor]
+    unmatched: list[Unmatched]  # the namespace's other policies
+
+    @property
+    def summary(self) -> str:
+        """One or two sentences that answer "why"."""
+        job = f"Job '{self.name}'"
+        slots = " and ".join(
+            f"policy '{g.policy}' ({describe_key(g.key)}: {g.running}/{g.max_concurrent} running)"
+            for g in self.governors
+        )
+        if self.state == "finished":
+            text = f"{job} has finished: it holds no slot."
+        elif self.state == "running" and self.resuspend:
+            text = (
+                f"{job} was unsuspended without jobgate's admission beyond the limit of {slots}: "
+                "jobgate will suspend it again."
+            )
+        elif self.state == "running":
+            text = (
+                f"{job} is running: it holds a slot in {slots}."
+                if slots
+                else f"{job} is running; no policy governs it."
+            )
+        elif self.state == "held":
+            text = (
+                f'{job} is on hold (annotation {HOLD}: "true"): '
+                "jobgate will not admit it until the annotation is removed."
+            )
+        elif self.state == "suspended":
+            if self.unmatched:
+                where = f"no ConcurrencyPolicy in namespace '{self.namespace}' governs it"
+            else:
+                where = f"namespace '{self.namespace}' has no ConcurrencyPolicy"
+            outcome = (
+                "jobgate will release it (unsuspend it) at its next decision"
+                if self.release
+                else "jobgate will not start it; set spec.suspend to false to start it"
+            )
+            text = f"{job} is suspended, and {where}: {outcome}."
+        elif self.admit_next:
+            text = (
+                f"{job} is queued and will be admitted at jobgate's next decision: "
+                "every policy that governs it has a free slot for its key."
+            )
+        else:
+            blockers = "; and for ".join(_blocker(g) for g in self.governors if g.slot != "free")
+            text = f"{job} is queued and waits for {blockers or 'a free slot'}."
+        missing = sorted({label for g in self.governors for label in g.missing_labels})
+        if missing:
+            text += f" It lacks the label(s) {', '.join(missing)}, which count as the empty value."
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "state": self.state,
+            "summary": self.summary,
+            "admitNext": self.admit_next,
+            "release": self.release,
+            "resuspend": self.resuspend,
+            "waitingSeconds": _seconds(self.waiting),
+            "policies": [g.as_dict() for g in self.governors],
+            "unmatchedPolicies": [u.as_dict() for u in self.unmatched],
+        }
+
+
+def why_report(job: JobView, policies: Sequence[ConcurrencyPolicy], jobs: Sequence[JobView], now: float) -> WhyReport:
+    """Why ``job`` waits, runs, or is left alone; ``policies`` and ``jobs`` are those of its namespace."""
+    decision = _Decision(policies, [*(j for j in jobs if j.uid != job.uid), job])
+    govs = admission.governance(policies, job)
+    governors = []
+    for gov in govs:
+        occupants = decision.keys(gov.policy).get(gov.key, admission.KeyState())
+        line = [j.uid for j in occupants.queued]
+        governors.append(
+            Governor(
+                policy=gov.policy.name,
+                key=admission.key_dict(gov.policy, gov.key),
+                missing_labels=list(gov.missing_labels),
+                running=len(occupants.running),
+                max_concurrent=gov.policy.spec.maxConcurrent,
+                running_jobs=[j.name for j in occupants.running],
+                queued=len(occupants.queued),
+                position=line.index(job.uid) + 1 if job.uid in line else None,
+                slot=decision.slot(gov.policy, gov.key, job),
+            )
+        )
+    governing = {gov.policy.name for gov in govs}
+    state: State
+    if job.finished:
+        state = "finished"
+    elif job.running:
+        state = "running"
+    elif job.held:
+        state = "held"
+    else:
+        state = "queued" if governors else "suspended"
+    return WhyReport(
+        namespace=job.namespace,
+        name=job.name,
+        state=state,
+        admit_next=job.uid in decision.admit,
+        release=any(j.uid == job.uid for j in decision.plan.release),
+        resuspend=any(j.uid == job.uid for j in decision.plan.resuspend),
+        waiting=waited(job, now) if job.suspended and not job.finished else None,
+        governors=governors,
+        unmatched=[
+            Unmatched(p.name, selector_mismatch(p.spec.selector, job.labels))
+            for p in sorted(policies, key=lambda p: p.name)
+            if p.namespace == job.namespace and p.name not in governing
+        ],
+    )
+
+
+def _blocker(g: Governor) -> str:
+    line = f"position {g.position} of {g.queued}" if g.position is not None else "not in line"
+    if g.slot == "paused":
+        return f"policy '{g.policy}', which is paused (maxConcurrent: 0; {line})"
+    shown = ", ".join(g.running_jobs[:3]) + (", ..." if len(g.running_jobs) > 3 else "")
+    holders = f": {shown}" if g.running_jobs else ""
+    if g.slot == "full":
+        return (
+            f"a slot in policy '{g.policy}' for {describe_key(g.key)} "
+            f"({g.running}/{g.max_concurrent} running{holders}; {line})"
+        )
+    return (
+        f"a slot in policy '{g.policy}' for {describe_key(g.key)}, whose free slots go to other Jobs "
+        f"at the next decision ({g.running}/{g.max_concurrent} running{holders}; {line})"
+    )
+
+
+def selector_mismatch(selector: LabelSelector, labels: Mapping[str, str]) -> str:
+    """Why a selector does not select these labels, naming every requirement that fails."""
+    reasons = []
+    for label, value in (selector.matchLabels or {}).items():
+        if label not in labels:
+            reasons.append(f"needs label {label}={value}, which the Job lacks")
+        elif labels[label] != value:
+            reasons.append(f"needs {label}={value}, the Job has {label}={labels[label]}")
+    for req in selector.matchExpressions or ():
+        values = ", ".join(req.values or [])
+        present = req.key in labels
+        if req.operator == "In" and not (present and labels[req.key] in (req.values or [])):
+            has = f"the Job has {req.key}={labels[req.key]}" if present else "the Job lacks it"
+            reasons.append(f"needs {req.key} in ({values}), {has}")
+        elif req.operator == "NotIn" and present and labels[req.key] in (req.values or []):
+            reasons.append(f"excludes {req.key} in ({values}), the Job has {req.key}={labels[req.key]}")
+        elif req.operator == "Exists" and not present:
+            reasons.append(f"needs label {req.key}, which the Job lacks")
+        elif req.operator == "DoesNotExist" and present:
+            reasons.append(f"excludes Jobs with label {req.key}, which the Job has")
+    return "; ".join(reasons) or "its selector matches the Job"
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
