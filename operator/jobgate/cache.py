@@ -9,7 +9,7 @@ nothing of the dead.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from jobgate.jobs import JobView
@@ -46,12 +46,33 @@ class ClusterCache:
         self.deleted_jobs[uid] = resource_version
         return self.jobs.pop(uid, None)
 
-    def replace_jobs(self, views: Iterable[JobView], list_version: int, namespace: str | None = None) -> list[JobView]:
-        """Apply a LIST taken at list_version; return the Jobs it proved gone."""
+    def forget_job(self, view: JobView) -> JobView | None:
+        """Drop a Job that stopped mattering (no policy governs it), unless we know a newer state."""
+        old = self.jobs.get(view.uid)
+        if old is None or old.resource_version > view.resource_version:
+            return None
+        return self.jobs.pop(view.uid)
+
+    def forget_all_jobs(self) -> None:
+        self.jobs.clear()
+        self.deleted_jobs.clear()
+        self.primed = False
+
+    def replace_jobs(
+        self,
+        views: Iterable[JobView],
+        list_version: int,
+        namespace: str | None = None,
+        keep: Callable[[JobView], bool] = lambda _: True,
+    ) -> list[JobView]:
+        """Apply a LIST taken at list_version, keeping what `keep` accepts; return the Jobs it proved gone."""
         listed = set()
         for view in views:
             listed.add(view.uid)
-            self.put_job(view)
+            if keep(view):
+                self.put_job(view)
+            else:
+                self.forget_job(view)
         gone = [
             job
             for uid, job in self.jobs.items()

@@ -77,28 +77,54 @@ class Engine:
         self._dirty_since: float | None = None  # when the oldest unhandled change arrived
         self._background: set[asyncio.Task[None]] = set()
         self._write_limit = asyncio.Semaphore(settings.write_concurrency)
+        self._index: admission.PolicyIndex | None = None  # rebuilt after any policy change
+        self._relist_namespaces: set[str] = set()
+        self.leading = False
 
     # --- feeding: called from watch handlers, synchronous and cheap -------------------------------
 
     def observe_job(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        if not self.leading:
+            return  # followers keep no Jobs: a new leader starts from a fresh LIST
         view = JobView.from_body(body)
         if event_type == "DELETED":
             changed = self.cache.delete_job(view.uid, view.resource_version) is not None
-        else:
+        elif self._keeps(view):
             changed = self.cache.put_job(view) is not None
+        else:
+            changed = self.cache.forget_job(view) is not None
         if changed:
             self.status.mark_dirty()
             self.wake()
 
+    def _keeps(self, job: JobView) -> bool:
+        """Only Jobs that a policy governs, or that we queued and may have to release, cost memory."""
+        if job.queued_at is not None and job.suspended and job.admitted_at is None:
+            return True
+        return bool(self._policy_index().governance(job))
+
+    def _policy_index(self) -> admission.PolicyIndex:
+        if self._index is None:
+            self._index = admission.PolicyIndex(self.cache.policies.values())
+        return self._index
+
     def observe_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
+        ref = (meta["namespace"], meta["name"])
+        before = self.cache.policies.get(ref)
         if event_type == "DELETED":
-            changed = self.cache.delete_policy((meta["namespace"], meta["name"]))
+            changed = self.cache.delete_policy(ref)
         else:
             changed = self.cache.put_policy(ConcurrencyPolicy.from_body(body), int(meta.get("resourceVersion") or 0))
-        if changed:
-            self.status.mark_dirty()
-            self.wake()
+        if not changed:
+            return
+        self._index = None
+        after = self.cache.policies.get(ref)
+        if after is not None and (before is None or before.spec.selector != after.spec.selector):
+            # Jobs it now governs may have been forgotten as ungoverned: re-list them before deciding.
+            self._relist_namespaces.add(ref[0])
+        self.status.mark_dirty()
+        self.wake()
 
     def wake(self) -> None:
         if self._dirty_since is None:
@@ -109,15 +135,20 @@ class Engine:
 
     async def lead(self) -> None:
         """Sync from a fresh LIST, then decide on every change until cancelled."""
-        await self.sync(announce=False)
-        tasks = [self._spawn(self._decide_forever()), self._spawn(self._resync_forever())]
-        tasks.append(self._spawn(self._write_status_forever()))
+        self.leading = True  # from now on watch events are kept; the LIST below fills in the rest
         try:
-            await asyncio.gather(*tasks)
+            await self.sync(announce=False)
+            tasks = [self._spawn(self._decide_forever()), self._spawn(self._resync_forever())]
+            tasks.append(self._spawn(self._write_status_forever()))
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
         finally:
-            for task in tasks:
-                task.cancel()
+            self.leading = False
             self.assumed.clear()
+            self.cache.forget_all_jobs()
 
     async def sync_policies(self) -> None:
         for namespace in self._scopes():
@@ -130,16 +161,19 @@ class Engine:
         """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps."""
         await self.sync_policies()
         for namespace in self._scopes():
-            bodies, version = await self.api.list_jobs(namespace)
-            gone = self.cache.replace_jobs((JobView.from_body(b) for b in bodies), version, namespace)
-            if gone:
-                log.info("resync found %d Job(s) deleted during a watch gap", len(gone))
+            await self._list_jobs(namespace)
         if not announce:
             # After a restart the Jobs already queued had their Queued event from our predecessor.
             self.announced.update(uid for uid, job in self.cache.jobs.items() if job.suspended)
         self.cache.primed = True
         self.status.mark_dirty()
         self.wake()
+
+    async def _list_jobs(self, namespace: str | None) -> None:
+        bodies, version = await self.api.list_jobs(namespace)
+        gone = self.cache.replace_jobs((JobView.from_body(b) for b in bodies), version, namespace, self._keeps)
+        if gone:
+            log.info("re-list found %d Job(s) deleted during a watch gap", len(gone))
 
     def _scopes(self) -> tuple[str | None, ...]:
         return self.settings.namespaces or (None,)
@@ -150,6 +184,8 @@ class Engine:
             self._wake.clear()
             started = self._dirty_since
             self._dirty_since = None
+            while self._relist_namespaces:
+                await self._list_jobs(self._relist_namespaces.pop())
             await self.decide_once(started)
 
     async def _resync_forever(self) -> None:
