@@ -31,6 +31,8 @@ class JobWatch:
         self.peak: Counter[Slot] = Counter()  # the most Jobs ever seen running at once, per policy and key
         self.admitted_over_limit: list[str] = []  # admissions by jobgate that took a key over its limit
         self.changed = threading.Condition()
+        # Called under the lock on every change with (monotonic time seen, before, after): for benchmarks.
+        self.listeners: list[Callable[[float, JobView | None, JobView | None], None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._started = threading.Event()
@@ -50,17 +52,34 @@ class JobWatch:
             self.policies = [p for p in self.policies if p.name != policy.name] + [policy]
 
     def _follow(self) -> None:
+        version = ""  # resume each watch where the last one ended, so that no transition is missed
         while not self._stop.is_set():
             watch = kubernetes.watch.Watch()
             self._started.set()
-            for event in watch.stream(self.batch.list_namespaced_job, self.namespace, timeout_seconds=5):
-                self._apply(event["type"], event["raw_object"])
-                if self._stop.is_set():
-                    watch.stop()
-                    break
+            try:
+                for event in watch.stream(
+                    self.batch.list_namespaced_job,
+                    self.namespace,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=5,
+                    deserialize=False,
+                ):
+                    body = event["object"]
+                    version = body["metadata"].get("resourceVersion") or version
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self._apply(event["type"], body)
+                    if self._stop.is_set():
+                        watch.stop()
+                        break
+            except kubernetes.client.ApiException as e:
+                if e.status != 410:
+                    raise
+                version = ""  # too old: start over from a fresh list
 
     def _apply(self, kind: str, body: dict[str, Any]) -> None:
         view = JobView.from_body(body)
+        seen = time.monotonic()
         with self.changed:
             before = self.jobs.get(view.name)
             if kind == "DELETED":
@@ -76,6 +95,8 @@ class JobWatch:
                 for gov in governance(self.policies, view):
                     if counts[(gov.policy.name, gov.key)] > limits[gov.policy.name]:
                         self.admitted_over_limit.append(f"{view.name} took {gov.policy.name}{gov.key} over")
+            for listener in self.listeners:
+                listener(seen, before, None if kind == "DELETED" else view)
             self.changed.notify_all()
 
     def running_counts(self) -> Counter[Slot]:

@@ -36,7 +36,7 @@ INVALID = {
     ),
     "values with Exists": (
         {"selector": {"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["x"]}]}, "maxConcurrent": 1},
-        'spec.selector.matchExpressions[0]: Invalid value: "object": values must be empty for Exists',
+        "spec.selector.matchExpressions[0]: Invalid value: values must be empty for Exists",
     ),
     "In without values": (
         {"selector": {"matchExpressions": [{"key": "app", "operator": "In"}]}, "maxConcurrent": 1},
@@ -48,7 +48,7 @@ INVALID = {
     ),
     "invalid keyLabels entry": (
         {"selector": SELECTOR, "keyLabels": ["customer id"], "maxConcurrent": 1},
-        'spec.keyLabels[0]: Invalid value: "string": must be a valid label key',
+        'spec.keyLabels[0]: Invalid value: "customer id": must be a valid label key',
     ),
     "duplicate keyLabels": (
         {"selector": SELECTOR, "keyLabels": ["customer", "customer"], "maxConcurrent": 1},

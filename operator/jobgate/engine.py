@@ -99,6 +99,8 @@ class Engine:
 
     def _keeps(self, job: JobView) -> bool:
         """Only Jobs that a policy governs, or that we queued and may have to release, cost memory."""
+        if job.finished:
+            return False  # finished is final: the Job holds no slot and never will again
         if job.queued_at is not None and job.suspended and job.admitted_at is None:
             return True
         return bool(self._policy_index().governance(job))

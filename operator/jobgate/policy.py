@@ -23,7 +23,8 @@ SHORT_NAMES = ("cpol",)
 
 # A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
 LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-LABEL_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+# "[.]", not an escaped dot: CEL string literals would need the backslash doubled.
+LABEL_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 LABEL_KEY_PATTERN = rf"^({LABEL_PREFIX}/)?{LABEL_NAME}$"
 LABEL_VALUE_PATTERN = rf"^({LABEL_NAME})?$"
 LABEL_KEY_MAX = 253 + 1 + 63
