@@ -49,10 +49,12 @@ class Cluster:
     def policies(self, namespace: str | None) -> list[ConcurrencyPolicy]:
         """The ConcurrencyPolicies of the namespace, or of all namespaces for None."""
         path = f"/apis/{GROUP}/{VERSION}/{_scope(namespace)}{PLURAL}"
-        return [ConcurrencyPolicy.from_body(body) for body in self._list(path)]
+        missing = f"this cluster does not serve ConcurrencyPolicies ({GROUP}/{VERSION}): is jobgate's CRD installed?"
+        return [ConcurrencyPolicy.from_body(body) for body in self._list(path, missing)]
 
     def jobs(self, namespace: str | None) -> list[JobView]:
-        return [JobView.from_body(body) for body in self._list(f"/apis/batch/v1/{_scope(namespace)}jobs")]
+        path = f"/apis/batch/v1/{_scope(namespace)}jobs"
+        return [JobView.from_body(body) for body in self._list(path, "this cluster does not serve batch/v1 Jobs")]
 
     def job(self, namespace: str, name: str) -> JobView | None:
         body = self._get(f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}")
@@ -98,19 +100,14 @@ class Cluster:
             raise Unreachable(f"the Kubernetes API at {self.server} answered {response.status}: {message}")
         return json.loads(data)
 
-    def _list(self, path: str) -> list[Mapping[str, Any]]:
-        """Every item, page by page."""
+    def _list(self, path: str, missing: str) -> list[Mapping[str, Any]]:
+        """Every item, page by page; ``missing`` says what a 404 means."""
         items: list[Mapping[str, Any]] = []
         query = {"limit": str(LIST_PAGE)}
         while True:
             page = self._get(path, query)
             if page is None:
-                if PLURAL in path:
-                    raise NotFound(
-                        f"this cluster does not serve ConcurrencyPolicies ({GROUP}/{VERSION}): "
-                        "is jobgate installed (its CRD applied)?"
-                    )
-                raise NotFound(f"the Kubernetes API has nothing at {path}")
+                raise NotFound(missing)
             items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:
