@@ -1,0 +1,64 @@
+"""The cluster that tests run against: the local control plane, kind, or whatever $KUBECONFIG names."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from localcluster.access import ClusterAccess
+from localcluster.build import BuildError, bin_dir, ensure_binaries, missing_binaries
+from localcluster.cluster import ClusterStartError, LocalCluster
+
+FLAVORS = ("local", "kind", "existing")
+
+
+@contextmanager
+def local_cluster() -> Iterator[tuple[ClusterAccess, float]]:
+    """Start the local control plane (building it first if needed); yield access and the start time."""
+    try:
+        binaries = ensure_binaries()
+        started = time.monotonic()
+        cluster = LocalCluster(bin_dir=binaries)
+        cluster.start()
+    except (BuildError, ClusterStartError) as e:
+        pytest.fail(f"the local control plane is not available: {e}", pytrace=False)
+    access = cluster.access()
+    try:
+        yield access, time.monotonic() - started
+    finally:
+        access.close()
+        cluster.stop()
+
+
+def docker_reachable() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def prebuilt_bin_dir() -> Path | None:
+    """The local control plane's binaries if they were built, so kind/existing runs can use its kubectl."""
+    directory = bin_dir()
+    return None if missing_binaries(directory) else directory
+
+
+def existing_kubeconfig(option: str | None) -> Path:
+    """``--kubeconfig``, else the first file of $KUBECONFIG, else ~/.kube/config."""
+    candidates = [option] if option else (os.environ.get("KUBECONFIG") or "").split(os.pathsep)
+    for candidate in [*candidates, str(Path.home() / ".kube" / "config")]:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    pytest.fail(
+        "--cluster=existing needs a kubeconfig: set $KUBECONFIG or pass --kubeconfig, or use --cluster=local",
+        pytrace=False,
+    )
