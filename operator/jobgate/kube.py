@@ -75,7 +75,7 @@ class KubeApi:
         content_type: str = "application/json",
         timeout: float | None = None,
     ) -> tuple[int, Any]:
-        method = {"list": "GET", "get": "GET", "patch": "PATCH", "create": "POST"}[verb]
+        method = {"list": "GET", "get": "GET", "patch": "PATCH", "create": "POST", "update": "PUT"}[verb]
         serialized = await self.client.param_serialize(
             method=method,
             resource_path=path,

@@ -16,7 +16,7 @@ import kopf
 
 from jobgate import handlers, kube
 from jobgate.engine import Engine, EngineSettings
-from jobgate.leader import Leadership
+from jobgate.leader import Leadership, LeaseTiming
 from jobgate.logs import setup_logging
 from jobgate.metrics import Metrics
 
@@ -66,7 +66,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="namespace of the Lease (default: $POD_NAMESPACE or 'default')",
     )
     elect.add_argument("--lease-name", default="jobgate-leader", help="name of the Lease (default jobgate-leader)")
-    elect.add_argument("--lease-seconds", type=int, default=15, help="Lease duration (default 15)")
+    elect.add_argument("--lease-seconds", type=float, default=15.0, help="Lease duration (default 15)")
 
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-format", choices=["text", "json"], default="text", help="one event per line")
@@ -103,15 +103,14 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
         finally:
             metrics.leader.set(0)
 
+    lease = float(args.lease_seconds)
     leadership = Leadership(
-        api_client,
+        api,
         args.leader_election_namespace,
         args.lease_name,
         identity,
         lead,
-        lease_seconds=args.lease_seconds,
-        renew_seconds=max(2, args.lease_seconds * 2 // 3),
-        retry_seconds=max(1, args.lease_seconds // 7),
+        LeaseTiming(lease_seconds=lease, renew_seconds=lease * 2 / 3, retry_seconds=lease / 7),
     )
 
     registry = kopf.OperatorRegistry()
@@ -127,7 +126,15 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
 
     log.info("jobgate starting as %s, watching %s", identity, ", ".join(namespaces) or "all namespaces")
     await engine.sync_policies()
+    stop_flag = stop_flag or asyncio.Event()
     elected = asyncio.create_task(leadership.run() if args.leader_elect else lead())
+
+    def stop_if_failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("leading failed: %s; stopping", task.exception(), exc_info=task.exception())
+            stop_flag.set()
+
+    elected.add_done_callback(stop_if_failed)
     try:
         await kopf.operator(
             registry=registry,
