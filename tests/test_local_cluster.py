@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import subprocess
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import kubernetes.aio.client
 import kubernetes.client
 import pytest
 import yaml
@@ -162,6 +164,24 @@ def test_a_user_is_authenticated_with_its_groups(cluster: ClusterAccess) -> None
     as_alice.close()
 
 
+def test_async_clients_act_as_admin_or_as_a_service_account(cluster: ClusterAccess, namespace: str) -> None:
+    async def names() -> tuple[list[str], str]:
+        admin = await cluster.aio_api_client()
+        reader = await cluster.aio_api_client(cluster.service_account_kubeconfig(namespace, "reader"))
+        try:
+            nodes = await kubernetes.aio.client.CoreV1Api(admin).list_node()
+            review = await kubernetes.aio.client.AuthenticationV1Api(reader).create_self_subject_review({})
+            return [n.metadata.name for n in nodes.items], review.status.user_info.username
+        finally:
+            await admin.close()
+            await reader.close()
+
+    nodes, reader = asyncio.run(names())
+
+    assert nodes, "the admin lists the nodes"
+    assert reader == f"system:serviceaccount:{namespace}:reader"
+
+
 def test_a_custom_resource_has_a_status_subresource(cluster: ClusterAccess, namespace: str) -> None:
     group = "localcluster-test.jobgate.dev"
     crd = {
@@ -192,20 +212,24 @@ def test_a_custom_resource_has_a_status_subresource(cluster: ClusterAccess, name
         },
     }
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(crd))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=30s")
-    objects = kubernetes.client.CustomObjectsApi(cluster.api_client())
-    widget = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}
-    objects.create_namespaced_custom_object(group, "v1", namespace, "widgets", widget)
+    try:
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=30s")
+        objects = kubernetes.client.CustomObjectsApi(cluster.api_client())
+        widget = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}
+        objects.create_namespaced_custom_object(group, "v1", namespace, "widgets", widget)
 
-    objects.patch_namespaced_custom_object_status(
-        group, "v1", namespace, "widgets", "w", {"status": {"phase": "Ready"}}
-    )
-    # With the status subresource, writes to the main resource leave status alone.
-    objects.patch_namespaced_custom_object(group, "v1", namespace, "widgets", "w", {"status": {"phase": "Lost"}})
+        objects.patch_namespaced_custom_object_status(
+            group, "v1", namespace, "widgets", "w", {"status": {"phase": "Ready"}}
+        )
+        # With the status subresource, writes to the main resource leave status alone.
+        objects.patch_namespaced_custom_object(group, "v1", namespace, "widgets", "w", {"status": {"phase": "Lost"}})
 
-    stored = objects.get_namespaced_custom_object(group, "v1", namespace, "widgets", "w")
-    assert stored["status"] == {"phase": "Ready"}
-    assert stored["spec"] == {"size": 3}
+        stored = objects.get_namespaced_custom_object(group, "v1", namespace, "widgets", "w")
+        assert stored["status"] == {"phase": "Ready"}
+        assert stored["spec"] == {"size": 3}
+    finally:
+        # CRDs are cluster-scoped: the namespace's deletion would leave it behind.
+        cluster.kubectl("delete", "crd", f"widgets.{group}", "--ignore-not-found", "--wait=false")
 
 
 def test_a_mutating_webhook_on_loopback_is_called(cluster: ClusterAccess, namespace: str) -> None:

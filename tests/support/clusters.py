@@ -22,19 +22,27 @@ FLAVORS = ("local", "kind", "existing")
 @contextmanager
 def local_cluster() -> Iterator[tuple[ClusterAccess, float]]:
     """Start the local control plane (building it first if needed); yield access and the start time."""
-    try:
-        binaries = ensure_binaries()
-        started = time.monotonic()
-        cluster = LocalCluster(bin_dir=binaries)
-        cluster.start()
-    except (BuildError, ClusterStartError) as e:
-        pytest.fail(f"the local control plane is not available: {e}", pytrace=False)
+    started = time.monotonic()
+    cluster = _start_local_cluster()
+    if isinstance(cluster, str):
+        # Outside the except block, so that pytest shows one message and no chained traceback.
+        pytest.fail(f"the local control plane is not available: {cluster}", pytrace=False)
     access = cluster.access()
     try:
         yield access, time.monotonic() - started
     finally:
         access.close()
         cluster.stop()
+
+
+def _start_local_cluster() -> LocalCluster | str:
+    """The running cluster, or what went wrong."""
+    try:
+        cluster = LocalCluster(bin_dir=ensure_binaries())
+        cluster.start()
+    except (BuildError, ClusterStartError) as e:
+        return str(e)
+    return cluster
 
 
 def docker_reachable() -> bool:
