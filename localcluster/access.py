@@ -53,7 +53,7 @@ class ClusterAccess:
         bin_dir: Path | None = None,
         workdir: Path | None = None,
         authority: CertificateAuthority | None = None,
-        webhooks_on_loopback: bool = True,
+        webhooks_on_loopback: bool = False,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.bin_dir = bin_dir

@@ -70,7 +70,11 @@ POLL_INTERVAL = 0.1
 
 
 class ClusterStartError(RuntimeError):
-    """A component of the local control plane failed; the message names it and where its log is."""
+    """The local control plane could not start; the message names the component that failed."""
+
+    def __init__(self, message: str, component: Component | None = None) -> None:
+        super().__init__(message)
+        self.component = component
 
 
 class LocalCluster:
@@ -101,6 +105,7 @@ class LocalCluster:
         self.components: list[Component] = []
         self.pki = ClusterPki.in_directory(self.directory / "pki")
         self.kubeconfig = self.directory / "kubeconfig"
+        self.etcd_url = ""
         self.apiserver_port = 0
         self._stopped = False
         self._previous_sigterm: Any = None
@@ -122,6 +127,7 @@ class LocalCluster:
             bin_dir=self.bin_dir,
             workdir=self.directory / "identities",
             authority=self.pki.authority(),
+            webhooks_on_loopback=True,
         )
 
     # -- lifecycle -------------------------------------------------------
@@ -146,8 +152,8 @@ class LocalCluster:
             self._stop_on_sigterm()
         try:
             self.pki = ClusterPki.create(self.directory / "pki")
-            etcd_url = self._start_retrying_ports(lambda: self._etcd(bin_dir), self._wait_for_etcd)
-            self._start_retrying_ports(lambda: self._apiserver(bin_dir, etcd_url), self._wait_for_apiserver)
+            self._start_retrying_ports(lambda: self._etcd(bin_dir), self._wait_for_etcd)
+            self._start_retrying_ports(lambda: self._apiserver(bin_dir), self._wait_for_apiserver)
             self._write_admin_kubeconfig()
             for component in (
                 self._controller_manager(bin_dir),
@@ -156,7 +162,9 @@ class LocalCluster:
             ):
                 self._launch(component)
             self._settle()
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, ClusterStartError) and e.component is not None:
+                _print_log_tail(e.component)
             self.stop()
             raise
 
@@ -222,33 +230,34 @@ class LocalCluster:
         self.components.append(component)
         self._write_state()
 
-    def _start_retrying_ports(self, make: Callable[[], Component], wait: Callable[[Component], str]) -> str:
+    def _start_retrying_ports(self, make: Callable[[], Component], wait: Callable[[Component], None]) -> None:
         """Start a component on fresh free ports; if another process took a port first, try new ones."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             component = make()
             self._launch(component)
             try:
-                return wait(component)
+                wait(component)
+                return
             except ClusterStartError:
                 if attempt == PORT_ATTEMPTS or not component.port_was_taken():
                     raise
                 self.components.remove(component)
                 stop_process_groups([component.pid], grace_seconds=1)
-        raise AssertionError("unreachable")
 
     def _log(self, name: str) -> Path:
         return self.directory / "logs" / f"{name}.log"
 
     def _etcd(self, bin_dir: Path) -> Component:
         client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
         return Component(
             "etcd",
             [
                 str(bin_dir / "etcd"),
                 "--name=localcluster",
                 f"--data-dir={self.directory / 'etcd'}",
-                f"--listen-client-urls=http://127.0.0.1:{client}",
-                f"--advertise-client-urls=http://127.0.0.1:{client}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
                 f"--listen-peer-urls=http://127.0.0.1:{peer}",
                 f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
                 f"--initial-cluster=localcluster=http://127.0.0.1:{peer}",
@@ -259,27 +268,24 @@ class LocalCluster:
             self._log("etcd"),
         )
 
-    def _wait_for_etcd(self, etcd: Component) -> str:
-        url = next(a.split("=", 1)[1] for a in etcd.argv if a.startswith("--advertise-client-urls="))
-
+    def _wait_for_etcd(self, etcd: Component) -> None:
         def healthy() -> bool:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as response:
                     return bool(json.load(response).get("health") == "true")
             except (OSError, ValueError):
                 return False
 
         self._wait("etcd to report healthy", healthy, ETCD_TIMEOUT, etcd)
-        return url
 
-    def _apiserver(self, bin_dir: Path, etcd_url: str) -> Component:
+    def _apiserver(self, bin_dir: Path) -> Component:
         self.apiserver_port = free_port()
         pki = self.pki
         return Component(
             "kube-apiserver",
             [
                 str(bin_dir / "kube-apiserver"),
-                f"--etcd-servers={etcd_url}",
+                f"--etcd-servers={self.etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={self.apiserver_port}",
@@ -307,7 +313,7 @@ class LocalCluster:
         context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return context
 
-    def _wait_for_apiserver(self, apiserver: Component) -> str:
+    def _wait_for_apiserver(self, apiserver: Component) -> None:
         context = self._admin_ssl_context()
 
         def ready() -> bool:
@@ -318,14 +324,11 @@ class LocalCluster:
                 return False
 
         self._wait("kube-apiserver to report /readyz", ready, APISERVER_TIMEOUT, apiserver)
-        self._write_state()
-        return self.server
 
     def _write_admin_kubeconfig(self) -> None:
-        authority = self.pki.authority()
         write_kubeconfig(
             self.kubeconfig,
-            cluster_entry(self.server, authority.cert_pem),
+            cluster_entry(self.server, self.pki.ca_cert.read_bytes()),
             ADMIN_USER,
             client_certificate_credentials(
                 CertifiedKey(self.pki.admin_cert.read_bytes(), self.pki.admin_key.read_bytes())
@@ -386,18 +389,20 @@ class LocalCluster:
             for component in self.components:
                 code = component.exit_code()
                 if code is not None:
-                    self._fail(component, f"{component.name} exited with code {code} while waiting for {what}")
+                    raise ClusterStartError(
+                        f"{component.name} exited with code {code} while the local cluster waited for {what}; "
+                        "the end of its log is printed above",
+                        component,
+                    )
             if condition():
                 return
             if time.monotonic() > deadline:
-                self._fail(blame, f"timed out after {timeout:.0f}s waiting for {what}")
+                raise ClusterStartError(
+                    f"the local cluster timed out after {timeout:.0f}s waiting for {what}; "
+                    f"the end of the {blame.name} log is printed above",
+                    blame,
+                )
             time.sleep(POLL_INTERVAL)
-
-    def _fail(self, component: Component, reason: str) -> None:
-        print(f"--- last lines of {component.log_path} ---", file=sys.stderr)
-        print(component.log_tail(), file=sys.stderr)
-        print(f"--- end of {component.name} log ---", file=sys.stderr)
-        raise ClusterStartError(f"local cluster: {reason}; its log is printed above (and at {component.log_path})")
 
     def _settle(self) -> None:
         """Create the fake nodes, then wait until they are Ready and pods can be admitted in `default`."""
@@ -438,6 +443,13 @@ class LocalCluster:
         configuration.cert_file = str(self.pki.admin_cert)
         configuration.key_file = str(self.pki.admin_key)
         return configuration
+
+
+def _print_log_tail(component: Component) -> None:
+    # The cluster folder, logs included, is deleted on stop: this is all that remains.
+    print(f"--- last lines of the {component.name} log ---", file=sys.stderr)
+    print(component.log_tail(), file=sys.stderr)
+    print(f"--- end of the {component.name} log ---", file=sys.stderr)
 
 
 def fake_node(name: str) -> dict[str, Any]:

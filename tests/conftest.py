@@ -54,11 +54,10 @@ def cluster(request: pytest.FixtureRequest, cluster_flavor: str) -> Iterator[Clu
         if not docker_reachable():
             pytest.skip("no Docker engine: kind cannot run here; use --cluster=local")
         kubeconfig = Path(request.getfixturevalue("kind_cluster").kubeconfig_path)
-        # The apiserver runs in a container, where 127.0.0.1 is not this machine.
-        access = ClusterAccess(kubeconfig, bin_dir=prebuilt_bin_dir(), webhooks_on_loopback=False)
     else:
         kubeconfig = existing_kubeconfig(request.config.getoption("--kubeconfig", default=None))
-        access = ClusterAccess(kubeconfig, bin_dir=prebuilt_bin_dir(), webhooks_on_loopback=False)
+    # Neither can call webhooks on this machine's 127.0.0.1 (kind's apiserver runs in a container).
+    access = ClusterAccess(kubeconfig, bin_dir=prebuilt_bin_dir(), webhooks_on_loopback=False)
     yield access
     access.close()
 
