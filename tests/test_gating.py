@@ -70,7 +70,16 @@ class Scenario:
         return status
 
     def wait_status(self, name: str, check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-        found: dict[str, Any] = poll_until(lambda: (s := self.status(name)) and check(s) and s, what, timeout=30)
+        seen: list[dict[str, Any]] = [{}]
+
+        def matches() -> dict[str, Any] | None:
+            seen[0] = self.status(name)
+            return seen[0] if seen[0] and check(seen[0]) else None
+
+        try:
+            found: dict[str, Any] = poll_until(matches, what, timeout=30)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; last status: {seen[0]}") from None
         return found
 
     def events(self, job: str) -> list[tuple[str, str]]:
@@ -264,18 +273,22 @@ def test_deleting_the_policy_releases_the_jobs_it_queued(scenario: Scenario) -> 
 
 
 def test_jobs_running_before_the_policy_count_and_are_left_alone(scenario: Scenario) -> None:
-    for i in range(3):
-        scenario.job(f"early-{i}", {"app": "e"}, suspend=False, runs_for="3s")
+    early = [f"early-{i}" for i in range(3)]
+    for name in early:
+        scenario.job(name, {"app": "e"}, suspend=False, runs_for="600s")
     scenario.watch.wait_for(lambda w: len(w.running()) == 3, "three early Jobs running")
     scenario.start_operator()
     scenario.policy("late", {"app": "e"}, [], 1)
     scenario.job("queued", {"app": "e"})
-    status = scenario.wait_status("late", lambda s: s.get("running") == 3, "status counting 3 running")
-    assert status["queued"] == 1
-    scenario.watch.wait_for(lambda w: w.finished("early-0", "early-1", "early-2", "queued"), "all finishing")
-    events = [r for i in range(3) for r, _ in scenario.events(f"early-{i}")]
-    assert "Resuspended" not in events
-    assert scenario.watch.jobs["queued"].admitted_at is not None
+    status = scenario.wait_status("late", lambda s: s.get("queued") == 1, "status showing the queued Job")
+    assert status["running"] == 3
+    assert scenario.watch.running() == set(early)  # none re-suspended
+    assert "Resuspended" not in [r for name in early for r, _ in scenario.events(name)]
+    for name in early[:2]:
+        scenario.batch.delete_namespaced_job(name, scenario.namespace, propagation_policy="Background")
+    assert scenario.suspended("queued")  # still 1 running: the limit
+    scenario.batch.delete_namespaced_job(early[2], scenario.namespace, propagation_policy="Background")
+    scenario.watch.wait_for(lambda w: w.finished("queued"), "the queued Job admitted once below the limit")
 
 
 def test_backstop_resuspends_a_job_unsuspended_behind_our_back(scenario: Scenario) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from jobgate.admission import PolicyIndex
 from jobgate.jobs import JobView
 from jobgate.policy import ConcurrencyPolicy
 
@@ -29,6 +30,13 @@ class ClusterCache:
     primed: bool = False
     # Set once policies were listed: only then may the webhook answer.
     policies_primed: bool = False
+    _policy_index: PolicyIndex | None = None  # rebuilt on first use after any policy change
+
+    @property
+    def policy_index(self) -> PolicyIndex:
+        if self._policy_index is None:
+            self._policy_index = PolicyIndex(self.policies.values())
+        return self._policy_index
 
     # --- Jobs -------------------------------------------------------------------------------------
 
@@ -95,10 +103,13 @@ class ClusterCache:
         changed = self.policies.get(ref) != policy
         self.policies[ref] = policy
         self.policy_versions[ref] = resource_version
+        if changed:
+            self._policy_index = None
         return changed
 
     def delete_policy(self, ref: PolicyRef) -> bool:
         self.policy_versions.pop(ref, None)
+        self._policy_index = None
         return self.policies.pop(ref, None) is not None
 
     def replace_policies(

@@ -77,7 +77,6 @@ class Engine:
         self._dirty_since: float | None = None  # when the oldest unhandled change arrived
         self._background: set[asyncio.Task[None]] = set()
         self._write_limit = asyncio.Semaphore(settings.write_concurrency)
-        self._index: admission.PolicyIndex | None = None  # rebuilt after any policy change
         self._relist_namespaces: set[str] = set()
         self.leading = False
 
@@ -103,12 +102,7 @@ class Engine:
             return False  # finished is final: the Job holds no slot and never will again
         if job.queued_at is not None and job.suspended and job.admitted_at is None:
             return True
-        return bool(self._policy_index().governance(job))
-
-    def _policy_index(self) -> admission.PolicyIndex:
-        if self._index is None:
-            self._index = admission.PolicyIndex(self.cache.policies.values())
-        return self._index
+        return bool(self.cache.policy_index.governance(job))
 
     def observe_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
@@ -120,7 +114,6 @@ class Engine:
             changed = self.cache.put_policy(ConcurrencyPolicy.from_body(body), int(meta.get("resourceVersion") or 0))
         if not changed:
             return
-        self._index = None
         after = self.cache.policies.get(ref)
         if after is not None and (before is None or before.spec.selector != after.spec.selector):
             # Jobs it now governs may have been forgotten as ungoverned: re-list them before deciding.
@@ -174,6 +167,13 @@ class Engine:
     async def _list_jobs(self, namespace: str | None) -> None:
         bodies, version = await self.api.list_jobs(namespace)
         gone = self.cache.replace_jobs((JobView.from_body(b) for b in bodies), version, namespace, self._keeps)
+        log.debug(
+            "listed %d Job(s) in %s at version %d: keeping %d",
+            len(bodies),
+            namespace or "all namespaces",
+            version,
+            len(self.cache.jobs),
+        )
         if gone:
             log.info("re-list found %d Job(s) deleted during a watch gap", len(gone))
 
@@ -206,6 +206,14 @@ class Engine:
         policies = list(self.cache.policies.values())
         jobs = list(self.cache.jobs.values())
         plan = admission.plan(policies, jobs, self.assumed)
+        log.debug(
+            "decided on %d Job(s), %d policies: admit %d, resuspend %d, release %d",
+            len(jobs),
+            len(policies),
+            len(plan.admit),
+            len(plan.resuspend),
+            len(plan.release),
+        )
         self._announce(policies, jobs)
         if plan.admit or plan.resuspend or plan.release:
             self.status.mark_dirty()

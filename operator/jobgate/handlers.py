@@ -14,7 +14,6 @@ from typing import Any
 
 import kopf
 
-from jobgate import admission
 from jobgate.engine import Engine
 from jobgate.jobs import QUEUED_AT
 from jobgate.policy import GROUP, PLURAL, VERSION
@@ -61,7 +60,7 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
             raise kopf.AdmissionError("jobgate has not loaded its ConcurrencyPolicies yet; retry", code=503)
         meta = body.get("metadata") or {}
         job = NewJob(namespace=meta.get("namespace") or "", labels=meta.get("labels") or {})
-        governors = admission.governance(engine.cache.policies.values(), job)
+        governors = engine.cache.policy_index.governance(job)
         if not governors:
             engine.metrics.webhook_requests.labels("untouched").inc()
             return
