@@ -21,8 +21,8 @@ from tests.support.clusters import (
     prebuilt_bin_dir,
 )
 
-# Fixtures of jobgate itself (the CRD installed once per session).
-pytest_plugins = ["tests.support.crd"]
+# Fixtures of jobgate itself: the CRD (installed once per session) and `scenario` (the operator at work).
+pytest_plugins = ["tests.support.crd", "tests.support.scenario"]
 
 START_TIME = pytest.StashKey[float]()
 

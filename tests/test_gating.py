@@ -8,118 +8,15 @@ running per key than the limit because of an admission, and every Job done.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
-import kubernetes.client
 import pytest
 
-from jobgate.policy import ConcurrencyPolicy
-from localcluster.access import ClusterAccess
-from localcluster.jobwatch import JobWatch
-from localcluster.operator_process import OperatorProcess
-from tests.support.manifests import job_manifest, policy_manifest
+from tests.support.scenario import Scenario, assert_never_over_admitted
 from tests.support.waiting import poll_until
 
 pytestmark = pytest.mark.cluster
 
 GROUP, VERSION, PLURAL = "jobgate.dev", "v1alpha1", "concurrencypolicies"
-
-
-class Scenario:
-    """A namespace, the operator watching it, an independent Job watch, and ways to act."""
-
-    def __init__(self, cluster: ClusterAccess, namespace: str, tmp_path: Path) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-        self.tmp_path = tmp_path
-        self.api = cluster.api_client()
-        self.batch = kubernetes.client.BatchV1Api(self.api)
-        self.custom = kubernetes.client.CustomObjectsApi(self.api)
-        self.core = kubernetes.client.CoreV1Api(self.api)
-        self.watch = JobWatch(self.api, namespace)
-        self.operators: list[OperatorProcess] = []
-
-    def start_operator(self, *extra: str) -> OperatorProcess:
-        args = ["--leader-election-namespace", self.namespace, "--lease-seconds", "3", *extra]
-        operator = OperatorProcess(self.cluster.kubeconfig, [self.namespace], self.tmp_path, *args)
-        self.operators.append(operator)
-        return operator.start()
-
-    def policy(self, name: str, match: dict[str, str], keys: list[str], limit: int) -> ConcurrencyPolicy:
-        body = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, policy_manifest(name, match, keys, limit)
-        )
-        model = ConcurrencyPolicy.from_body(body)
-        self.watch.govern(model)
-        return model
-
-    def set_limit(self, name: str, limit: int) -> None:
-        body = self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": {"maxConcurrent": limit}}
-        )
-        self.watch.govern(ConcurrencyPolicy.from_body(body))
-
-    def job(self, name: str, labels: dict[str, str], **kwargs: Any) -> None:
-        self.batch.create_namespaced_job(self.namespace, job_manifest(name, labels, **kwargs))
-
-    def status(self, name: str) -> dict[str, Any]:
-        body = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-        status: dict[str, Any] = body.get("status") or {}
-        return status
-
-    def wait_status(self, name: str, check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-        seen: list[dict[str, Any]] = [{}]
-
-        def matches() -> dict[str, Any] | None:
-            seen[0] = self.status(name)
-            return seen[0] if seen[0] and check(seen[0]) else None
-
-        try:
-            found: dict[str, Any] = poll_until(matches, what, timeout=30)
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}; last status: {seen[0]}") from None
-        return found
-
-    def events(self, job: str) -> list[tuple[str, str]]:
-        listed = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={job}")
-        return [(e.reason, e.message) for e in listed.items]
-
-    def wait_event(self, job: str, reason: str) -> str:
-        found: str = poll_until(
-            lambda: next((m for r, m in self.events(job) if r == reason), ""), f"a {reason} event on {job}"
-        )
-        return found
-
-    def watch_created(self, name: str) -> float:
-        self.watch.wait_for(lambda w: name in w.jobs, f"{name} appearing")
-        return self.watch.jobs[name].created
-
-    def suspended(self, name: str) -> bool:
-        return bool(self.batch.read_namespaced_job(name, self.namespace).spec.suspend)
-
-    def close(self) -> None:
-        for operator in self.operators:
-            operator.stop()
-            # pytest shows captured output only for failed tests: there, this log explains.
-            print(f"--- jobgate log {operator.log_path} ---\n{operator.log_tail(80)}")
-        self.watch.__exit__()
-        self.api.close()
-
-
-@pytest.fixture
-def scenario(cluster: ClusterAccess, namespace: str, crd: None, tmp_path: Path) -> Iterator[Scenario]:
-    s = Scenario(cluster, namespace, tmp_path)
-    s.watch.__enter__()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def assert_never_over_admitted(watch: JobWatch) -> None:
-    assert watch.admitted_over_limit == [], watch.admitted_over_limit
 
 
 # --- per-key limits ---------------------------------------------------------------------------------
