@@ -32,20 +32,22 @@ class NewJob:
 
 
 def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, is_leader: Any) -> None:
+    # async, so that Kopf runs them on the event loop: sync handlers run in threads,
+    # and the engine's cache belongs to the loop.
     @kopf.on.event("batch", "v1", "jobs", registry=registry)
-    def job_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def job_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
         engine.observe_job(type, body)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def policy_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def policy_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
         engine.observe_policy(type, body)
 
     @kopf.on.probe(id="leader", registry=registry)
-    def leader(**_: Any) -> bool:
+    async def leader(**_: Any) -> bool:
         return bool(is_leader())
 
     @kopf.on.probe(id="trackedJobs", registry=registry)
-    def tracked_jobs(**_: Any) -> int:
+    async def tracked_jobs(**_: Any) -> int:
         return len(engine.cache.jobs)
 
     if not webhook:
