@@ -66,10 +66,10 @@ class Leadership:
                 await self._acquire()
                 await self._hold()
         finally:
-            if self.is_leader:
-                self.is_leader = False
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._release())
+            # Not `if self.is_leader`: _hold has reset it by now. _release checks the holder itself.
+            self.is_leader = False
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release())
 
     async def _acquire(self) -> None:
         while not await self._try_acquire_or_renew():  # noqa: ASYNC110 - polling the Lease is the protocol
@@ -153,7 +153,7 @@ class Leadership:
 
     async def _release(self) -> None:
         """Hand over at once on a clean shutdown, instead of after a lease duration."""
-        _, lease = await self.api.request("get", self.path, "leases")
+        _, lease = await self.api.request("get", self.path, "leases", timeout=2)
         if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
             return
         lease["spec"].update(holderIdentity="", leaseDurationSeconds=1)
