@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import kubernetes.client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobgate.policy import ConcurrencyPolicy
-from localcluster.access import ClusterAccess
-from localcluster.jobwatch import JobWatch
 from localcluster.operator_process import OperatorProcess
-from tests.support.manifests import job_manifest, policy_manifest
+from tests.support.scenario import Scenario
 from tests.support.waiting import poll_until
 
 pytestmark = pytest.mark.cluster
@@ -44,36 +39,17 @@ def wait_metrics(operator: OperatorProcess, check: Callable[[Samples], bool], wh
 
 
 @pytest.fixture
-def operator(cluster: ClusterAccess, namespace: str, crd: None, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        cluster.kubeconfig, [namespace], tmp_path, "--leader-election-namespace", namespace, "--lease-seconds", "3"
-    )
-    process.start()
-    yield process
-    process.stop()
-    print(process.log_tail(40))
+def operator(scenario: Scenario) -> OperatorProcess:
+    return scenario.start_operator()
 
 
-def create_policy(cluster: ClusterAccess, namespace: str, limit: int) -> ConcurrencyPolicy:
-    body = kubernetes.client.CustomObjectsApi(cluster.api_client()).create_namespaced_custom_object(
-        "jobgate.dev",
-        "v1alpha1",
-        namespace,
-        "concurrencypolicies",
-        policy_manifest("metered", {"app": "m"}, ["customer"], limit),
-    )
-    return ConcurrencyPolicy.from_body(body)
-
-
-def test_metrics_follow_a_scenario(cluster: ClusterAccess, namespace: str, operator: OperatorProcess) -> None:
-    batch = kubernetes.client.BatchV1Api(cluster.api_client())
-    labels = {"namespace": namespace, "policy": "metered"}
-    with JobWatch(cluster.api_client(), namespace) as watch:
-        watch.govern(create_policy(cluster, namespace, 1))
-        names = [f"m-{c}-{i}" for c in "ab" for i in range(3)]
-        for name in names:
-            batch.create_namespaced_job(namespace, job_manifest(name, {"app": "m", "customer": name[2]}))
-        watch.wait_for(lambda w: w.finished(*names), "all six finishing", timeout=90)
+def test_metrics_follow_a_scenario(scenario: Scenario, operator: OperatorProcess) -> None:
+    labels = {"namespace": scenario.namespace, "policy": "metered"}
+    scenario.policy("metered", {"app": "m"}, ["customer"], 1)
+    names = [f"m-{c}-{i}" for c in "ab" for i in range(3)]
+    for name in names:
+        scenario.job(name, {"app": "m", "customer": name[2]})
+    scenario.watch.wait_for(lambda w: w.finished(*names), "all six finishing", timeout=90)
     # Gauges return to 0 once everything finished; admissions are counted once each.
     done = wait_metrics(
         operator, lambda s: value(s, "jobgate_jobs", **labels, state="running") == 0, "the running gauge back at 0"
@@ -86,13 +62,13 @@ def test_metrics_follow_a_scenario(cluster: ClusterAccess, namespace: str, opera
     assert value(done, "jobgate_api_requests_total", verb="patch", resource="jobs", code="200") == 6
 
 
-def test_series_do_not_grow_with_key_values(cluster: ClusterAccess, namespace: str, operator: OperatorProcess) -> None:
-    batch = kubernetes.client.BatchV1Api(cluster.api_client())
-    create_policy(cluster, namespace, 0)  # paused: every Job stays queued, one key per Job
+def test_series_do_not_grow_with_key_values(scenario: Scenario, operator: OperatorProcess) -> None:
+    namespace = scenario.namespace
+    scenario.policy("metered", {"app": "m"}, ["customer"], 0)  # paused: every Job stays queued, one key per Job
 
     def create(first: int, count: int) -> None:
         for i in range(first, first + count):
-            batch.create_namespaced_job(namespace, job_manifest(f"k-{i}", {"app": "m", "customer": f"c{i}"}))
+            scenario.job(f"k-{i}", {"app": "m", "customer": f"c{i}"})
 
     def per_policy_series_once_queued(expected: int) -> Samples:
         found = wait_metrics(

@@ -9,49 +9,8 @@ from hypothesis import strategies as st
 
 from jobgate.admission import governance, plan, tally
 from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy, LabelSelector, PolicySpec
-
-NS = "team"
-
-
-def policy(name: str, match: dict[str, str], keys: list[str], limit: int, created: float = 0.0) -> ConcurrencyPolicy:
-    return ConcurrencyPolicy(
-        namespace=NS,
-        name=name,
-        uid=f"uid-{name}",
-        generation=1,
-        created=created,
-        spec=PolicySpec(selector=LabelSelector(matchLabels=match), keyLabels=keys, maxConcurrent=limit),
-    )
-
-
-def job(
-    name: str,
-    labels: dict[str, str],
-    *,
-    suspended: bool = True,
-    finished: bool = False,
-    held: bool = False,
-    priority: int = 0,
-    created: float = 1.0,
-    admitted: bool = False,
-    queued_by_us: bool = True,
-    namespace: str = NS,
-) -> JobView:
-    return JobView(
-        uid=f"uid-{namespace}-{name}",
-        namespace=namespace,
-        name=name,
-        labels=labels,
-        resource_version=1,
-        created=created,
-        suspended=suspended,
-        finished=finished,
-        held=held,
-        priority=priority,
-        admitted_at=5.0 if admitted else None,
-        queued_at=1.0 if queued_by_us else None,
-    )
+from jobgate.policy import ConcurrencyPolicy
+from tests.support.views import NS, job, policy
 
 
 def names(jobs: list[JobView]) -> list[str]:
@@ -158,19 +117,19 @@ def test_assumed_admissions_hold_their_slot() -> None:
 
 def test_jobs_of_other_namespaces_are_not_governed() -> None:
     p = policy("p", {"app": "x"}, [], 1)
-    assert plan([p], [job("elsewhere", {"app": "x"}, namespace="other", queued_by_us=False)]).admit == []
+    assert plan([p], [job("elsewhere", {"app": "x"}, namespace="other", queued_at=None)]).admit == []
 
 
 def test_queued_jobs_that_nothing_governs_any_more_are_released() -> None:
-    ours = job("ours", {"app": "gone"})
-    theirs = job("theirs", {"app": "gone"}, queued_by_us=False)
+    ours = job("ours", {"app": "gone"}, queued_at=1.0)
+    theirs = job("theirs", {"app": "gone"}, queued_at=None)
     assert names(plan([], [ours, theirs]).release) == ["ours"]
 
 
 def test_backstop_resuspends_late_intruders_beyond_the_limit_only() -> None:
     p = policy("p", {"app": "x"}, [], 1, created=10)
-    before = job("before", {"app": "x"}, suspended=False, created=5, queued_by_us=False)
-    intruder = job("intruder", {"app": "x"}, suspended=False, created=20, queued_by_us=False)
+    before = job("before", {"app": "x"}, suspended=False, created=5, queued_at=None)
+    intruder = job("intruder", {"app": "x"}, suspended=False, created=20, queued_at=None)
     result = plan([p], [before, intruder])
     assert names(result.resuspend) == ["intruder"]
     # Pre-existing Jobs are left alone even when they alone exceed the limit.
@@ -181,8 +140,8 @@ def test_backstop_resuspends_late_intruders_beyond_the_limit_only() -> None:
 
 def test_resuspended_intruders_keep_counting_until_seen_suspended() -> None:
     p = policy("p", {"app": "x"}, [], 1, created=10)
-    a = job("a", {"app": "x"}, suspended=False, created=20, queued_by_us=False)
-    b = job("b", {"app": "x"}, suspended=False, created=21, queued_by_us=False)
+    a = job("a", {"app": "x"}, suspended=False, created=20, queued_at=None)
+    b = job("b", {"app": "x"}, suspended=False, created=21, queued_at=None)
     queued = job("q", {"app": "x"}, created=1)
     result = plan([p], [a, b, queued])
     assert names(result.resuspend) == ["b"] and result.admit == []

@@ -13,51 +13,12 @@ from hypothesis import strategies as st
 from jobgate.admission import plan
 from jobgate.cli import build_parser
 from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement, PolicySpec
+from jobgate.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement
 from jobgate.render import Report, human_duration, render, use_colour
 from jobgate.report import queue_report, selector_mismatch, status_report, why_report
+from tests.support.views import NS, job, policy
 
-NS = "billing"
 NOW = 10_000.0
-
-
-def policy(name: str, match: dict[str, str], keys: list[str], limit: int, created: float = 0.0) -> ConcurrencyPolicy:
-    return ConcurrencyPolicy(
-        namespace=NS,
-        name=name,
-        uid=f"uid-{name}",
-        generation=1,
-        created=created,
-        spec=PolicySpec(selector=LabelSelector(matchLabels=match), keyLabels=keys, maxConcurrent=limit),
-    )
-
-
-def job(
-    name: str,
-    labels: dict[str, str],
-    *,
-    suspended: bool = True,
-    finished: bool = False,
-    held: bool = False,
-    priority: int = 0,
-    created: float = 1.0,
-    queued_at: float | None = None,
-    admitted: bool = False,
-) -> JobView:
-    return JobView(
-        uid=f"uid-{name}",
-        namespace=NS,
-        name=name,
-        labels=labels,
-        resource_version=1,
-        created=created,
-        suspended=suspended,
-        finished=finished,
-        held=held,
-        priority=priority,
-        admitted_at=5.0 if admitted else None,
-        queued_at=queued_at,
-    )
 
 
 def export(customer: str) -> dict[str, str]:

@@ -1,0 +1,50 @@
+"""Hand-made policies and Job views for tests of the pure core and the reports."""
+
+from __future__ import annotations
+
+from jobgate.jobs import JobView
+from jobgate.policy import ConcurrencyPolicy, LabelSelector, PolicySpec
+
+NS = "billing"
+
+
+def policy(
+    name: str, match: dict[str, str], keys: list[str], limit: int, created: float = 0.0, namespace: str = NS
+) -> ConcurrencyPolicy:
+    return ConcurrencyPolicy(
+        namespace=namespace,
+        name=name,
+        uid=f"uid-{name}",
+        generation=1,
+        created=created,
+        spec=PolicySpec(selector=LabelSelector(matchLabels=match), keyLabels=keys, maxConcurrent=limit),
+    )
+
+
+def job(
+    name: str,
+    labels: dict[str, str],
+    *,
+    suspended: bool = True,
+    finished: bool = False,
+    held: bool = False,
+    priority: int = 0,
+    created: float = 1.0,
+    queued_at: float | None = None,
+    admitted: bool = False,
+    namespace: str = NS,
+) -> JobView:
+    return JobView(
+        uid=f"uid-{namespace}-{name}",
+        namespace=namespace,
+        name=name,
+        labels=labels,
+        resource_version=1,
+        created=created,
+        suspended=suspended,
+        finished=finished,
+        held=held,
+        priority=priority,
+        admitted_at=5.0 if admitted else None,
+        queued_at=queued_at,
+    )
