@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PY_SOURCES := operator localcluster tests $(wildcard bench)
 
 .PHONY: help venv binaries cluster cluster-down test unit lint crds demo bench clean
 
@@ -18,7 +19,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -33,8 +34,8 @@ cluster-down: $(STAMP)
 	$(PY) -m localcluster down --dir .cluster
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check operator localcluster tests bench
-	$(VENV)/bin/ruff format --check operator localcluster tests bench
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
@@ -49,6 +50,11 @@ demo: binaries
 crds: $(STAMP)
 	$(PY) -m jobgate.crd > crds/concurrencypolicies.jobgate.dev.yaml
 	$(PY) -m jobgate.crd --update-readme
+
+# Runs every scenario at its default size (about 20 minutes here) and rewrites bench/results/.
+bench: binaries
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
