@@ -243,3 +243,14 @@ def test_restarting_the_operator_mid_burst_neither_over_admits_nor_strands(scena
     scenario.watch.wait_for(lambda w: w.finished(*names), "all 30 finishing after the restart", timeout=180)
     assert_never_over_admitted(scenario.watch)
     assert max(scenario.watch.peak.values()) == 2
+
+
+def test_a_job_selector_keeps_unselected_jobs_out_of_sight(scenario: Scenario) -> None:
+    scenario.start_operator("--job-selector", "jobgate.dev/governed")
+    scenario.policy("selected", {"app": "sel"}, [], 1)
+    scenario.job("unseen", {"app": "sel"}, runs_for="600s")  # matches the policy, not the operator's selector
+    scenario.job("seen-1", {"app": "sel", "jobgate.dev/governed": "yes"})
+    scenario.job("seen-2", {"app": "sel", "jobgate.dev/governed": "yes"})
+    scenario.watch.wait_for(lambda w: w.finished("seen-1", "seen-2"), "the selected Jobs admitted one by one")
+    assert scenario.suspended("unseen")
+    assert_never_over_admitted(scenario.watch)

@@ -30,7 +30,9 @@ log = logging.getLogger("jobgate.engine")
 class ClusterApi(Protocol):
     """The API calls the engine needs; `kube.KubeApi` is the real one."""
 
-    async def list_jobs(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]: ...
+    async def list_jobs(
+        self, namespace: str | None, label_selector: str | None = None
+    ) -> tuple[list[Mapping[str, Any]], int]: ...
 
     async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]: ...
 
@@ -46,6 +48,7 @@ class ClusterApi(Protocol):
 @dataclass(frozen=True)
 class EngineSettings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    job_selector: str | None = None  # the same server-side selector as the watch, or the cache goes stale
     resync_seconds: float = 300.0
     status_seconds: float = 1.0
     write_concurrency: int = 16
@@ -165,7 +168,7 @@ class Engine:
         self.wake()
 
     async def _list_jobs(self, namespace: str | None) -> None:
-        bodies, version = await self.api.list_jobs(namespace)
+        bodies, version = await self.api.list_jobs(namespace, self.settings.job_selector)
         gone = self.cache.replace_jobs((JobView.from_body(b) for b in bodies), version, namespace, self._keeps)
         log.debug(
             "listed %d Job(s) in %s at version %d: keeping %d",

@@ -93,7 +93,10 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
     api_client = await kube.connect(args.kubeconfig, args.context)
     api = kube.KubeApi(api_client, metrics, write_timeout=max(1.0, args.lease_seconds / 4))
     namespaces = tuple(args.namespaces or ())
-    engine = Engine(api, EngineSettings(namespaces=namespaces, resync_seconds=args.resync_seconds), metrics)
+    engine_settings = EngineSettings(
+        namespaces=namespaces, job_selector=args.job_selector, resync_seconds=args.resync_seconds
+    )
+    engine = Engine(api, engine_settings, metrics)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
     async def lead() -> None:
@@ -114,8 +117,8 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
     )
 
     registry = kopf.OperatorRegistry()
-    settings = kopf.OperatorSettings()
-    configure_kopf(settings, args)
+    kopf_settings = kopf.OperatorSettings()
+    configure_kopf(kopf_settings, args)
     install_login(registry, api_client)
     handlers.register(
         registry,
@@ -139,7 +142,7 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
     try:
         await kopf.operator(
             registry=registry,
-            settings=settings,
+            settings=kopf_settings,
             standalone=True,
             stop_flag=stop_flag,
             liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
