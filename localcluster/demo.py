@@ -77,6 +77,10 @@ def frame(screen: Screen, watch: JobWatch, policy: ConcurrencyPolicy, started: f
     lines = [
         screen.color(BOLD, f"jobgate demo — policy {policy.name}: at most {limit} running per {label}"),
         "",
+        f"Every Job carries a {label} label. jobgate keeps the Jobs of each {label} suspended",
+        f"(queued) while {limit} of them run{'s' if limit == 1 else ''}, and unsuspends the next one the moment",
+        f"a slot frees. Different {label} values never wait for each other.",
+        "",
         f"  {label:<12} {'running':<12} {'queued':<22} done",
     ]
     for key in sorted(per_key):
@@ -132,6 +136,11 @@ def summary(watch: JobWatch, policy: ConcurrencyPolicy, makespan: float) -> tupl
 def run_demo(tty: bool | None = None) -> bool:
     """The whole demo; returns whether every key stayed within its limit."""
     screen = Screen(sys.stdout.isatty() if tty is None else tty)
+    print(
+        "jobgate limits how many Kubernetes Jobs run at once per value of a label. This demo starts a local\n"
+        "Kubernetes control plane, the jobgate operator, a policy of one export per customer, and 14 export Jobs.",
+        flush=True,
+    )
     say("building (first run only) or reusing the local control plane binaries")
     binaries = ensure_binaries()
     say("starting a local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok")
