@@ -25,18 +25,15 @@ from packaging.utils import canonicalize_name
 
 from jobgate.handlers import WEBHOOK_ID
 from localcluster.build import bin_dir
+from tests.support import chart
+from tests.support.chart import CHART, RELEASE, ROOT, Manifest, run_helm
 
 if TYPE_CHECKING:  # only the cluster tests use it, through the `cluster` fixture
     from localcluster.access import ClusterAccess
 
-ROOT = Path(__file__).resolve().parent.parent
-CHART = ROOT / "charts" / "jobgate"
 CRD_NAME = "concurrencypolicies.jobgate.dev.yaml"
-RELEASE = "jobgate"
 NAMESPACE = "jobgate-system"
 SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "jobgate", "namespace": NAMESPACE}
-
-Manifest = dict[str, Any]
 
 # What the operator may do where it governs Jobs: read Jobs and policies, patch Jobs, write policy
 # status, post Events. Checked against operator/jobgate/kube.py and Kopf's watches.
@@ -66,22 +63,8 @@ def helm() -> Path:
     return path
 
 
-def run_helm(helm: Path, *args: str, values: Mapping[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run helm with `values` on stdin (`-f -`); the caller checks the outcome."""
-    stdin_values = ["-f", "-"] if values is not None else []
-    return subprocess.run(
-        [str(helm), *args, *stdin_values],
-        input=yaml.safe_dump(values) if values is not None else None,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 def render(helm: Path, values: Mapping[str, Any] | None = None) -> list[Manifest]:
-    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, values=values or {})
-    assert proc.returncode == 0, proc.stderr
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    return chart.render(helm, values, namespace=NAMESPACE)
 
 
 def refusal(helm: Path, values: Mapping[str, Any]) -> str:
@@ -506,7 +489,7 @@ def installed(cluster: ClusterAccess, namespace: str, request: pytest.FixtureReq
         },
         "watchNamespaces": [] if watches_all else [namespace],
     }
-    cluster.helm("install", RELEASE, str(CHART), "--namespace", namespace, "-f", "-", input=yaml.safe_dump(values))
+    chart.install(cluster, namespace, values)
     manifest = cluster.helm("get", "manifest", RELEASE, "--namespace", namespace)
     objects = [
         (doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])
@@ -514,7 +497,7 @@ def installed(cluster: ClusterAccess, namespace: str, request: pytest.FixtureReq
         if doc
     ]
     yield Installed(namespace, watches_all, objects)
-    cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--ignore-not-found", "--wait")
+    chart.uninstall(cluster, namespace)
 
 
 @pytest.mark.cluster

@@ -9,17 +9,14 @@ from __future__ import annotations
 import re
 import time
 
-import kubernetes.client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from localcluster.operator_process import OperatorProcess
 from tests.support.scenario import Scenario, assert_never_over_admitted
-from tests.support.waiting import watch_until
 
 pytestmark = pytest.mark.cluster
 
-LEASE = "jobgate-leader"
 # A process killed mid-lease: the other waits out the lease it last saw renewed, then LISTs and admits.
 TAKEOVER_MARGIN = 3.0
 
@@ -40,25 +37,12 @@ def metric(operator: OperatorProcess, name: str) -> float:
     )
 
 
-def wait_holder(scenario: Scenario, holder: str, timeout: float = 30) -> kubernetes.client.V1Lease:
-    coordination = kubernetes.client.CoordinationV1Api(scenario.api)
-    lease: kubernetes.client.V1Lease = watch_until(
-        coordination.list_namespaced_lease,
-        scenario.namespace,
-        field_selector=f"metadata.name={LEASE}",
-        until=lambda lease: lease.spec.holder_identity == holder,
-        what=f"Lease {LEASE} held by {holder}",
-        timeout=timeout,
-    )
-    return lease
-
-
 def test_two_replicas_gate_together_and_the_survivor_of_a_kill_takes_over_after_the_lease(
     scenario: Scenario,
 ) -> None:
     lease_seconds = 3.0
     first = scenario.start_operator(lease_seconds=lease_seconds)
-    wait_holder(scenario, identity(first))
+    scenario.wait_lease_holder(identity(first))
     second = scenario.start_operator(lease_seconds=lease_seconds)
     scenario.policy("burst", {"app": "b"}, ["customer"], 2)
     names = [f"burst-{customer}-{i}" for customer in "xyz" for i in range(10)]
@@ -67,7 +51,7 @@ def test_two_replicas_gate_together_and_the_survivor_of_a_kill_takes_over_after_
     scenario.watch.wait_for(lambda w: sum(j.finished for j in w.jobs.values()) >= 6, "a few Jobs finishing")
 
     # One holder, and only it admits.
-    lease = wait_holder(scenario, identity(first))
+    lease = scenario.wait_lease_holder(identity(first))
     assert (metric(first, "jobgate_leader"), metric(second, "jobgate_leader")) == (1, 0)
     assert metric(first, "jobgate_admissions_total") >= 6
     assert metric(second, "jobgate_admissions_total") == 0
@@ -83,7 +67,7 @@ def test_two_replicas_gate_together_and_the_survivor_of_a_kill_takes_over_after_
     print(f"first admission {handover:.2f}s after killing the leader (lease {lease_seconds:.0f}s)")
     # Not before the lease it last saw renewed ran out (less a retry period), and not long after.
     assert lease_seconds - 1 <= handover <= lease_seconds + TAKEOVER_MARGIN
-    after = wait_holder(scenario, identity(second))
+    after = scenario.wait_lease_holder(identity(second))
     assert after.spec.lease_transitions == lease.spec.lease_transitions + 1
     assert metric(second, "jobgate_leader") == 1
     assert metric(second, "jobgate_admissions_total") == len(admitted_after_kill)
@@ -92,7 +76,7 @@ def test_two_replicas_gate_together_and_the_survivor_of_a_kill_takes_over_after_
 def test_a_clean_stop_releases_the_lease_and_the_other_replica_takes_over_at_once(scenario: Scenario) -> None:
     lease_seconds = 10.0  # long, so that a release and an expiry cannot be mistaken for each other
     first = scenario.start_operator(lease_seconds=lease_seconds)
-    wait_holder(scenario, identity(first))
+    scenario.wait_lease_holder(identity(first))
     second = scenario.start_operator(lease_seconds=lease_seconds)
     scenario.policy("one", {"app": "o"}, [], 1)
     names = [f"one-{i}" for i in range(4)]
@@ -103,7 +87,7 @@ def test_a_clean_stop_releases_the_lease_and_the_other_replica_takes_over_at_onc
     stopped = time.monotonic()
     first.stop()  # SIGTERM, as the kubelet stops a pod
     exited = time.monotonic() - stopped
-    wait_holder(scenario, identity(second), timeout=lease_seconds)
+    scenario.wait_lease_holder(identity(second), timeout=lease_seconds)
     handover = time.monotonic() - stopped
     print(f"SIGTERM: exited after {exited:.2f}s, Lease taken over after {handover:.2f}s (lease {lease_seconds:.0f}s)")
 

@@ -19,7 +19,9 @@ from localcluster.access import ClusterAccess
 from localcluster.jobwatch import JobWatch
 from localcluster.operator_process import OperatorProcess
 from tests.support.manifests import job_manifest, policy_manifest
-from tests.support.waiting import poll_until
+from tests.support.waiting import poll_until, watch_until
+
+LEASE = "jobgate-leader"  # `jobgate run --lease-name`'s default, and the chart's for release "jobgate"
 
 
 class Scenario:
@@ -99,6 +101,20 @@ class Scenario:
     def watch_created(self, name: str) -> float:
         self.watch.wait_for(lambda w: name in w.jobs, f"{name} appearing")
         return self.watch.jobs[name].created
+
+    def wait_lease_holder(
+        self, holder: str | None = None, *, namespace: str | None = None, timeout: float = 30
+    ) -> kubernetes.client.V1Lease:
+        """The leader Lease once someone (or `holder`) holds it; in this namespace unless told."""
+        lease: kubernetes.client.V1Lease = watch_until(
+            kubernetes.client.CoordinationV1Api(self.api).list_namespaced_lease,
+            namespace or self.namespace,
+            field_selector=f"metadata.name={LEASE}",
+            until=lambda lease: lease.spec.holder_identity == holder if holder else bool(lease.spec.holder_identity),
+            what=f"Lease {LEASE} held by {holder or 'anyone'}",
+            timeout=timeout,
+        )
+        return lease
 
     def suspended(self, name: str) -> bool:
         return bool(self.batch.read_namespaced_job(name, self.namespace).spec.suspend)

@@ -1,0 +1,134 @@
+"""The chart's RBAC at work: `jobgate run` as the chart's ServiceAccount gates Jobs, and can do nothing else.
+
+The chart is installed namespaced (`watchNamespaces: [<test namespace>]`) into
+a release namespace of its own; no pod runs (no image here), but its
+ServiceAccount, Roles and RoleBindings exist. The operator runs locally with a
+token of that ServiceAccount instead of admin. The denials are real API calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+from kubernetes.client import ApiException
+
+from jobgate.policy import GROUP, PLURAL, VERSION
+from localcluster.access import ClusterAccess
+from tests.support import chart
+from tests.support.manifests import job_manifest
+from tests.support.scenario import LEASE, Scenario, assert_never_over_admitted
+
+pytestmark = pytest.mark.cluster
+
+SERVICE_ACCOUNT = "jobgate"  # the chart's fullname for release "jobgate"
+
+
+@pytest.fixture
+def release_namespace(cluster: ClusterAccess) -> Iterator[str]:
+    name = cluster.create_namespace("jobgate-release")
+    yield name
+    cluster.delete_namespace(name)
+
+
+@pytest.fixture
+def chart_identity(cluster: ClusterAccess, namespace: str, release_namespace: str) -> Iterator[Path]:
+    """A kubeconfig of the chart's ServiceAccount, installed to govern `namespace`."""
+    values = {
+        "watchNamespaces": [namespace],
+        # Its Service cannot route here: a webhook with failurePolicy Fail would refuse every Job.
+        "webhook": {"enabled": False},
+        "image": {"pullPolicy": "Never"},
+    }
+    chart.install(cluster, release_namespace, values)
+    try:
+        yield cluster.service_account_kubeconfig(release_namespace, SERVICE_ACCOUNT)
+    finally:
+        chart.uninstall(cluster, release_namespace)
+
+
+def test_the_operator_gates_jobs_as_the_charts_service_account(
+    chart_identity: Path, scenario: Scenario, release_namespace: str
+) -> None:
+    operator = scenario.start_operator(
+        "--lease-name", LEASE, kubeconfig=chart_identity, lease_namespace=release_namespace
+    )
+    scenario.wait_lease_holder(namespace=release_namespace)  # leading: Jobs queued from now on get Queued events
+    scenario.policy("exports", {"app": "export"}, ["customer"], 1)
+    names = [f"export-{customer}-{i}" for customer in "abc" for i in range(2)]
+    for name in names:
+        scenario.job(name, {"app": "export", "customer": name.split("-")[1]})
+
+    scenario.watch.wait_for(lambda w: w.finished(*names), "all 6 exports finishing", timeout=60)
+    assert_never_over_admitted(scenario.watch)
+    assert set(scenario.watch.peak.values()) == {1}
+    # Status and events are written with the ServiceAccount's permissions too.
+    status = scenario.wait_status(
+        "exports", lambda s: s.get("running") == 0 and s.get("queued") == 0, "status back to 0 running, 0 queued"
+    )
+    assert status["observedGeneration"] == 1
+    assert "exports" in scenario.wait_event("export-a-1", "Queued")
+    assert "exports" in scenario.wait_event("export-a-1", "Admitted")
+    log = operator.log_path.read_text()
+    assert "403" not in log and "Forbidden" not in log, operator.log_tail()
+
+
+def status_of(call: Callable[[], Any]) -> int:
+    try:
+        call()
+    except ApiException as e:
+        return int(e.status)
+    return 200
+
+
+def test_the_charts_service_account_is_denied_everything_else(
+    cluster: ClusterAccess, chart_identity: Path, namespace: str, release_namespace: str, crd: None
+) -> None:
+    client = cluster.api_client(chart_identity)
+    core = kubernetes.client.CoreV1Api(client)
+    batch = kubernetes.client.BatchV1Api(client)
+    apps = kubernetes.client.AppsV1Api(client)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    leases = kubernetes.client.CoordinationV1Api(client)
+    lease = {"metadata": {"name": "someone-elses"}, "spec": {"holderIdentity": "me"}}
+    try:
+        # The token works: what the operator needs is allowed.
+        assert status_of(lambda: batch.list_namespaced_job(namespace)) == 200
+        assert status_of(lambda: leases.read_namespaced_lease(LEASE, release_namespace)) == 404  # allowed, absent
+        calls: dict[str, Callable[[], Any]] = {
+            "list Secrets in its own namespace": lambda: core.list_namespaced_secret(release_namespace),
+            "read a Secret in its own namespace": lambda: core.read_namespaced_secret("any", release_namespace),
+            "list Secrets in the namespace it governs": lambda: core.list_namespaced_secret(namespace),
+            "list Secrets cluster-wide": core.list_secret_for_all_namespaces,
+            "patch its own Deployment": lambda: apps.patch_namespaced_deployment(
+                SERVICE_ACCOUNT, release_namespace, {"spec": {"replicas": 2}}
+            ),
+            "patch a Deployment where it governs": lambda: apps.patch_namespaced_deployment(
+                "any", namespace, {"spec": {"replicas": 2}}
+            ),
+            "list Jobs cluster-wide": batch.list_job_for_all_namespaces,
+            "list Jobs in its own namespace": lambda: batch.list_namespaced_job(release_namespace),
+            "list Jobs in another namespace": lambda: batch.list_namespaced_job("default"),
+            "create a Job": lambda: batch.create_namespaced_job(namespace, job_manifest("j", {})),
+            "delete a Job": lambda: batch.delete_namespaced_job("any", namespace),
+            "change a policy's spec": lambda: custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "any", {"spec": {"maxConcurrent": 9}}
+            ),
+            "create a policy": lambda: custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, {"metadata": {"name": "p"}}
+            ),
+            "list policies cluster-wide": lambda: custom.list_cluster_custom_object(GROUP, VERSION, PLURAL),
+            "renew another Lease": lambda: leases.replace_namespaced_lease("someone-elses", release_namespace, lease),
+            "create a Lease where it governs": lambda: leases.create_namespaced_lease(namespace, lease),
+            "create a pod": lambda: core.create_namespaced_pod(
+                namespace, {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+            ),
+            "list namespaces": core.list_namespace,
+        }
+        statuses = {what: status_of(call) for what, call in calls.items()}
+    finally:
+        client.close()
+    assert {what: status for what, status in statuses.items() if status != 403} == {}
