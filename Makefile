@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PY_SOURCES)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not cluster"

@@ -5,28 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from localcluster.operator_process import OperatorProcess
+from tests.support.metrics import Samples, samples, value
 from tests.support.scenario import Scenario
 from tests.support.waiting import poll_until
 
 pytestmark = pytest.mark.cluster
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def samples(operator: OperatorProcess) -> Samples:
-    found: Samples = {}
-    for family in text_string_to_metric_families(operator.metrics()):
-        for s in family.samples:
-            if s.name.startswith("jobgate_"):
-                found[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return found
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def wait_metrics(operator: OperatorProcess, check: Callable[[Samples], bool], what: str) -> Samples:

@@ -16,7 +16,6 @@ from typing import Any
 import kubernetes.client
 import pytest
 from kubernetes.client import ApiException
-from prometheus_client.parser import text_string_to_metric_families
 
 from jobgate.handlers import WEBHOOK_ID
 from jobgate.jobs import QUEUED_AT
@@ -24,8 +23,9 @@ from localcluster.access import ClusterAccess
 from localcluster.operator_process import OperatorProcess, free_port
 from tests.support.chart import webhook_configuration_at_url
 from tests.support.manifests import job_manifest
+from tests.support.metrics import samples, value
 from tests.support.scenario import Scenario, assert_never_over_admitted
-from tests.support.waiting import poll_until, watch_until
+from tests.support.waiting import watch_until
 
 pytestmark = pytest.mark.cluster
 
@@ -46,32 +46,9 @@ class Webhook:
         """Start a new operator on the same port (the configuration names the port)."""
         self.operator = self.scenario.start_operator(*self.args)
 
-    def wait_active(self, labels: dict[str, str]) -> None:
-        """Until the API server calls the webhook: new configurations reach it through an informer.
-
-        A server-side dry run goes through admission (the webhook has no side
-        effects) without storing anything; a Job with `labels` must be governed.
-        """
-        manifest = job_manifest("probe", labels, suspend=False)
-
-        def mutated() -> bool:
-            try:
-                job = self.scenario.batch.create_namespaced_job(self.scenario.namespace, manifest, dry_run="All")
-            except ApiException as e:
-                if e.status != 500:
-                    raise
-                return False  # refused: the webhook server is not listening yet (/healthz answers first)
-            return bool(job.spec.suspend)
-
-        poll_until(mutated, "the API server calling the webhook", timeout=30)
-
     def answered(self, result: str) -> float:
         """How many reviews the operator answered with `result` (suspended, untouched, unavailable)."""
-        for family in text_string_to_metric_families(self.operator.metrics()):
-            for sample in family.samples:
-                if sample.name == "jobgate_webhook_requests_total" and sample.labels == {"result": result}:
-                    return sample.value
-        return 0.0
+        return value(samples(self.operator), "jobgate_webhook_requests_total", result=result)
 
 
 @pytest.fixture
@@ -125,7 +102,7 @@ def test_a_governed_job_is_created_suspended_and_gets_pods_only_once_admitted(
 ) -> None:
     scenario.policy("gate", GATED, ["customer"], 1)
     labels = {**GATED, "customer": "42"}
-    webhook.wait_active(labels)
+    scenario.wait_webhook(labels)
     since = scenario.batch.list_namespaced_job(scenario.namespace).metadata.resource_version
 
     # Both ask to run at once; the webhook queues both, the policy lets one run at a time.
@@ -170,7 +147,7 @@ def test_an_ungoverned_job_is_stored_exactly_as_without_the_webhook(
     webhook: Webhook, scenario: Scenario, outside: str
 ) -> None:
     scenario.policy("gate", GATED, [], 1)
-    webhook.wait_active(GATED)
+    scenario.wait_webhook(GATED)
     manifest = job_manifest("plain", {"app": "other"}, suspend=False, annotations={"team": "a"})
     untouched = webhook.answered("untouched")
 
@@ -187,7 +164,7 @@ def test_while_the_operator_is_down_only_jobs_in_its_scope_are_refused(
     webhook: Webhook, scenario: Scenario, outside: str
 ) -> None:
     scenario.policy("gate", GATED, [], 1)
-    webhook.wait_active(GATED)
+    scenario.wait_webhook(GATED)
     webhook.operator.stop()
     assert webhook.operator.process is not None and webhook.operator.process.returncode == 0
 
@@ -204,6 +181,6 @@ def test_while_the_operator_is_down_only_jobs_in_its_scope_are_refused(
     assert scenario.batch.list_namespaced_job(scenario.namespace).items == []
 
     webhook.restart()
-    webhook.wait_active(GATED)
+    scenario.wait_webhook(GATED)
     assert scenario.job("accepted", GATED, suspend=False).spec.suspend is True
     scenario.watch.wait_for(lambda w: w.finished("accepted"), "the Job created after the restart finishing")

@@ -13,6 +13,7 @@ from typing import Any
 
 import kubernetes.client
 import pytest
+from kubernetes.client import ApiException
 
 from jobgate.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
 from localcluster.access import ClusterAccess
@@ -101,6 +102,26 @@ class Scenario:
     def watch_created(self, name: str) -> float:
         self.watch.wait_for(lambda w: name in w.jobs, f"{name} appearing")
         return self.watch.jobs[name].created
+
+    def wait_webhook(self, labels: dict[str, str]) -> None:
+        """Until the API server has jobgate's webhook suspend a new Job with `labels` (which a policy must govern).
+
+        New webhook configurations reach the API server through an informer, and
+        the operator's webhook server listens a little after /healthz answers. A
+        server-side dry run goes through admission without storing anything.
+        """
+        manifest = job_manifest("probe", labels, suspend=False)
+
+        def suspended() -> bool:
+            try:
+                job = self.batch.create_namespaced_job(self.namespace, manifest, dry_run="All")
+            except ApiException as e:
+                if e.status != 500:
+                    raise
+                return False  # failurePolicy Fail, and nothing listens yet
+            return bool(job.spec.suspend)
+
+        poll_until(suspended, "the API server calling jobgate's webhook", timeout=60)
 
     def wait_lease_holder(
         self, holder: str | None = None, *, namespace: str | None = None, timeout: float = 30
