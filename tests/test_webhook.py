@@ -101,6 +101,7 @@ def test_a_governed_job_is_created_suspended_and_gets_pods_only_once_admitted(
     webhook: Webhook, scenario: Scenario
 ) -> None:
     scenario.policy("gate", GATED, ["customer"], 1)
+    scenario.wait_leader_synced("gate")
     labels = {**GATED, "customer": "42"}
     scenario.wait_webhook(labels)
     since = scenario.batch.list_namespaced_job(scenario.namespace).metadata.resource_version

@@ -89,6 +89,15 @@ class Scenario:
             raise TimeoutError(f"{e}; last status: {seen[0]}") from None
         return found
 
+    def wait_leader_synced(self, policy: str) -> None:
+        """Until the leader has listed the cluster: it writes `policy`'s status only after that.
+
+        Jobs queued before a new leader's first LIST get no Queued event from it
+        (it assumes a predecessor posted one): create Jobs after this when a test
+        expects Queued events.
+        """
+        self.wait_status(policy, lambda s: bool(s.get("conditions")), f"the leader writing {policy}'s status")
+
     def events(self, job: str) -> list[tuple[str, str]]:
         listed = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={job}")
         return [(e.reason, e.message) for e in listed.items]
