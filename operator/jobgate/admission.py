@@ -65,15 +65,32 @@ def governance(policies: Iterable[ConcurrencyPolicy], job: Labeled) -> list[Gove
 
 
 class PolicyIndex:
-    """Policies grouped by namespace, so that finding a Job's governors costs only its namespace's."""
+    """Policies grouped by namespace, so that finding a Job's governors costs only its namespace's.
+
+    A Job view's governance is remembered until its labels change: a decision
+    pass over every tracked Job then costs a lookup per Job, not a selector
+    match. The engine keeps one index for as long as the policies do not change.
+    """
 
     def __init__(self, policies: Iterable[ConcurrencyPolicy]) -> None:
         self.by_namespace: dict[str, list[ConcurrencyPolicy]] = defaultdict(list)
         for policy in policies:
             self.by_namespace[policy.namespace].append(policy)
+        self._known: dict[str, tuple[Mapping[str, str], list[Governance]]] = {}  # by Job uid
 
     def governance(self, job: Labeled) -> list[Governance]:
         return governance(self.by_namespace.get(job.namespace, ()), job)
+
+    def governance_of(self, job: JobView) -> list[Governance]:
+        known = self._known.get(job.uid)
+        if known is not None and known[0] == job.labels:
+            return known[1]
+        found = self.governance(job)
+        self._known[job.uid] = (job.labels, found)
+        return found
+
+    def forget(self, uid: str) -> None:
+        self._known.pop(uid, None)
 
 
 @dataclass
@@ -95,15 +112,21 @@ def is_queued(job: JobView, assumed: Collection[str]) -> bool:
 
 
 def tally(
-    policies: Sequence[ConcurrencyPolicy], jobs: Iterable[JobView], assumed: Collection[str] = ()
+    policies: Sequence[ConcurrencyPolicy],
+    jobs: Iterable[JobView],
+    assumed: Collection[str] = (),
+    index: PolicyIndex | None = None,
 ) -> dict[PolicyRef, dict[Key, KeyState]]:
-    """Per policy and key: the running, queued (in admission order) and held Jobs."""
-    index = PolicyIndex(policies)
+    """Per policy and key: the running, queued (in admission order) and held Jobs.
+
+    `index`, if given, must index exactly `policies`: the engine passes the one it keeps.
+    """
+    index = index or PolicyIndex(policies)
     states: dict[PolicyRef, dict[Key, KeyState]] = {policy_ref(p): {} for p in policies}
     for job in jobs:
         if job.finished:
             continue
-        for gov in index.governance(job):
+        for gov in index.governance_of(job):
             ref, key = gov.slot
             state = states[ref].setdefault(key, KeyState())
             if is_running(job, assumed):
@@ -126,15 +149,22 @@ class Plan:
     release: list[JobView] = field(default_factory=list)  # queued by us, governed by nothing any more
 
 
-def plan(policies: Sequence[ConcurrencyPolicy], jobs: Iterable[JobView], assumed: Collection[str] = ()) -> Plan:
+def plan(
+    policies: Sequence[ConcurrencyPolicy],
+    jobs: Iterable[JobView],
+    assumed: Collection[str] = (),
+    index: PolicyIndex | None = None,
+) -> Plan:
     """Decide every admission that fits now, in one pass.
 
     A queued Job is admitted when every policy that governs it has a free slot for
     its key. Jobs are considered in admission order, and a Job that does not fit
     is skipped, not waited for: it blocks no Job of another key, and since it
     takes nothing it cannot deadlock overlapping policies.
+
+    `index`, if given, must index exactly `policies`: the engine passes the one it keeps.
     """
-    index = PolicyIndex(policies)
+    index = index or PolicyIndex(policies)
     result = Plan()
     running: dict[tuple[PolicyRef, Key], list[JobView]] = defaultdict(list)
     candidates: list[tuple[JobView, list[Governance]]] = []
@@ -144,7 +174,7 @@ def plan(policies: Sequence[ConcurrencyPolicy], jobs: Iterable[JobView], assumed
     for job in jobs:
         if job.finished:
             continue
-        govs = index.governance(job)
+        govs = index.governance_of(job)
         if is_running(job, assumed):
             for gov in govs:
                 running[gov.slot].append(job)

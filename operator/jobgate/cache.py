@@ -52,6 +52,7 @@ class ClusterCache:
 
     def delete_job(self, uid: str, resource_version: int) -> JobView | None:
         self.deleted_jobs[uid] = resource_version
+        self._forget_governance(uid)
         return self.jobs.pop(uid, None)
 
     def forget_job(self, view: JobView) -> JobView | None:
@@ -59,12 +60,18 @@ class ClusterCache:
         old = self.jobs.get(view.uid)
         if old is None or old.resource_version > view.resource_version:
             return None
+        self._forget_governance(view.uid)
         return self.jobs.pop(view.uid)
 
     def forget_all_jobs(self) -> None:
         self.jobs.clear()
         self.deleted_jobs.clear()
+        self._policy_index = None
         self.primed = False
+
+    def _forget_governance(self, uid: str) -> None:
+        if self._policy_index is not None:
+            self._policy_index.forget(uid)
 
     def replace_jobs(
         self,

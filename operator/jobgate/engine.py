@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,9 +30,9 @@ log = logging.getLogger("jobgate.engine")
 class ClusterApi(Protocol):
     """The API calls the engine needs; `kube.KubeApi` is the real one."""
 
-    async def list_jobs(
-        self, namespace: str | None, label_selector: str | None = None
-    ) -> tuple[list[Mapping[str, Any]], int]: ...
+    async def list_jobs(self, namespace: str | None, label_selector: str | None = None) -> tuple[list[JobView], int]:
+        """Every Job as a view, and the LIST's resourceVersion."""
+        ...
 
     async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]: ...
 
@@ -80,6 +80,8 @@ class Engine:
         self._dirty_since: float | None = None  # when the oldest unhandled change arrived
         self._background: set[asyncio.Task[None]] = set()
         self._write_limit = asyncio.Semaphore(settings.write_concurrency)
+        self._writes: set[asyncio.Task[None]] = set()  # patches in flight, cancelled when leading ends
+        self._writing: set[str] = set()  # uids of the Jobs they patch
         self._relist_namespaces: set[str] = set()
         self.leading = False
 
@@ -141,7 +143,7 @@ class Engine:
             try:
                 await asyncio.gather(*tasks)
             finally:
-                for task in tasks:
+                for task in [*tasks, *self._writes]:
                     task.cancel()
         finally:
             self.leading = False
@@ -168,11 +170,11 @@ class Engine:
         self.wake()
 
     async def _list_jobs(self, namespace: str | None) -> None:
-        bodies, version = await self.api.list_jobs(namespace, self.settings.job_selector)
-        gone = self.cache.replace_jobs((JobView.from_body(b) for b in bodies), version, namespace, self._keeps)
+        views, version = await self.api.list_jobs(namespace, self.settings.job_selector)
+        gone = self.cache.replace_jobs(views, version, namespace, self._keeps)
         log.debug(
             "listed %d Job(s) in %s at version %d: keeping %d",
-            len(bodies),
+            len(views),
             namespace or "all namespaces",
             version,
             len(self.cache.jobs),
@@ -191,7 +193,7 @@ class Engine:
             self._dirty_since = None
             while self._relist_namespaces:
                 await self._list_jobs(self._relist_namespaces.pop())
-            await self.decide_once(started)
+            self.decide_once(started)
 
     async def _resync_forever(self) -> None:
         while True:
@@ -203,12 +205,12 @@ class Engine:
             await asyncio.sleep(self.settings.status_seconds)
             await self.status.write(self.cache, self.assumed, self.metrics)
 
-    async def decide_once(self, triggered_at: float | None = None) -> admission.Plan:
+    def decide_once(self, triggered_at: float | None = None) -> admission.Plan:
         if not self.cache.primed:
             return admission.Plan()
         policies = list(self.cache.policies.values())
         jobs = list(self.cache.jobs.values())
-        plan = admission.plan(policies, jobs, self.assumed)
+        plan = admission.plan(policies, jobs, self.assumed, self.cache.policy_index)
         log.debug(
             "decided on %d Job(s), %d policies: admit %d, resuspend %d, release %d",
             len(jobs),
@@ -222,12 +224,30 @@ class Engine:
             self.status.mark_dirty()
         for job in plan.admit:
             self.assumed.add(job.uid)
-        writes = [self._admit(job, policies, triggered_at) for job in plan.admit]
-        writes += [self._resuspend(job) for job in plan.resuspend]
-        writes += [self._release(job) for job in plan.release]
-        if writes:
-            await asyncio.gather(*writes)
+        # The writes go on in the background: the next pass need not wait for this one's slowest
+        # patch. Admissions in flight are assumed (they hold their slots); a Job with a re-suspension
+        # or release in flight is not written again until that write has returned.
+        for job in plan.admit:
+            self._write(job, self._admit(job, policies, triggered_at))
+        for job in plan.resuspend:
+            if job.uid not in self._writing:
+                self._write(job, self._resuspend(job))
+        for job in plan.release:
+            if job.uid not in self._writing:
+                self._write(job, self._release(job))
         return plan
+
+    def _write(self, job: JobView, write: Coroutine[Any, Any, None]) -> None:
+        async def tracked() -> None:
+            try:
+                await write
+            finally:  # before any pass that this write's outcome wakes
+                self._writing.discard(job.uid)
+
+        self._writing.add(job.uid)
+        task = self._spawn(tracked())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     # --- writes -----------------------------------------------------------------------------------
 
@@ -235,6 +255,11 @@ class Engine:
         async with self._write_limit:
             body = await self.api.patch_job(job.namespace, job.name, patch)
         if body is None:
+            # Refused: the Job changed since the decision. If the watch brought the change while
+            # the patch was in flight, no event is left to wake the decision up: wake it now.
+            cached = self.cache.jobs.get(job.uid)
+            if cached is not None and cached.resource_version > job.resource_version:
+                self.wake()
             return None
         view = JobView.from_body(body)
         self.cache.put_job(view)
@@ -301,10 +326,10 @@ class Engine:
         fresh = [j for j in jobs if j.queued and j.uid not in self.announced and j.uid not in self.assumed]
         if not fresh:
             return
-        index = admission.PolicyIndex(policies)
-        counts = admission.tally(policies, jobs, self.assumed)
+        index = self.cache.policy_index
+        counts = admission.tally(policies, jobs, self.assumed, index)
         for job in fresh:
-            govs = index.governance(job)
+            govs = index.governance_of(job)
             if not govs:
                 continue
             self.announced.add(job.uid)

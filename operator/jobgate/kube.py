@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from kubernetes.aio import client as aio_client
@@ -24,6 +24,7 @@ from jobgate.timestamps import format_kubernetes_time
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 LIST_PAGE = 500
+Item = TypeVar("Item")
 
 
 class ApiError(Exception):
@@ -91,28 +92,38 @@ class KubeApi:
             raise ApiError(response.status, method, path, data.decode(errors="replace"))
         return response.status, json.loads(data) if data else None
 
-    async def _list(self, path: str, resource: str, query: Mapping[str, str] | None = None) -> tuple[list[Any], int]:
-        """All pages of a LIST; the version is the first page's, the snapshot all pages belong to."""
-        items: list[Any] = []
+    async def _list(
+        self,
+        path: str,
+        resource: str,
+        convert: Callable[[Mapping[str, Any]], Item],
+        query: Mapping[str, str] | None = None,
+    ) -> tuple[list[Item], int]:
+        """All pages of a LIST; the version is the first page's, the snapshot all pages belong to.
+
+        Items are converted page by page: only one page of bodies is held at a time, not
+        every Job's body at once (about 10 KiB each once parsed).
+        """
+        items: list[Item] = []
         params = {"limit": str(LIST_PAGE), **(query or {})}
         version = 0
         while True:
             _, page = await self.request("list", path, resource, params)
-            items.extend(page.get("items") or [])
+            items.extend(convert(item) for item in page.get("items") or [])
             version = version or int(page["metadata"].get("resourceVersion") or 0)
             token = page["metadata"].get("continue")
             if not token:
                 return items, version
             params = {**params, "continue": token}
 
-    async def list_jobs(
-        self, namespace: str | None, label_selector: str | None = None
-    ) -> tuple[list[Mapping[str, Any]], int]:
+    async def list_jobs(self, namespace: str | None, label_selector: str | None = None) -> tuple[list[JobView], int]:
         query = {"labelSelector": label_selector} if label_selector else None
-        return await self._list("/" + _namespaced(namespace, "apis/batch/v1", "jobs"), "jobs", query)
+        path = "/" + _namespaced(namespace, "apis/batch/v1", "jobs")
+        return await self._list(path, "jobs", JobView.from_body, query)
 
     async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]:
-        return await self._list("/" + _namespaced(namespace, f"apis/{GROUP}/{VERSION}", PLURAL), PLURAL)
+        path = "/" + _namespaced(namespace, f"apis/{GROUP}/{VERSION}", PLURAL)
+        return await self._list(path, PLURAL, lambda body: body)
 
     async def get_job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         try:

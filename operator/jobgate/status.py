@@ -66,7 +66,7 @@ class StatusWriter:
             return
         self.dirty = False
         policies = list(cache.policies.values())
-        states = admission.tally(policies, cache.jobs.values(), assumed)
+        states = admission.tally(policies, cache.jobs.values(), assumed, cache.policy_index)
         now = self.clock()
         for policy in policies:
             ref = (policy.namespace, policy.name)

@@ -1,0 +1,79 @@
+"""The engine's writes run beside its decisions: a pass never waits for a patch, and no refusal strands a Job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from jobgate.engine import Engine, EngineSettings
+from jobgate.jobs import JobView
+from jobgate.metrics import Metrics
+from jobgate.patches import JsonPatch
+from tests.support.manifests import job_manifest, policy_manifest
+
+NS = "ns"
+
+
+def body(manifest: dict[str, Any], uid: str, rv: int) -> dict[str, Any]:
+    manifest["metadata"].update(namespace=NS, uid=uid, resourceVersion=str(rv))
+    manifest["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    return manifest
+
+
+def job(rv: int, suspended: bool = True) -> dict[str, Any]:
+    return body(job_manifest("j", {"app": "a"}, suspend=suspended), "job-uid", rv)
+
+
+class SlowApi:
+    """Holds each patch until told to answer, then refuses it or applies it."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Queue[bool] = asyncio.Queue()
+        self.patched: list[int] = []  # the resourceVersion each patch was decided on
+
+    async def patch_job(self, namespace: str, name: str, patch: JsonPatch) -> Mapping[str, Any] | None:
+        decided_on = int(next(op["value"] for op in patch if op["path"] == "/metadata/resourceVersion"))
+        self.patched.append(decided_on)
+        if not await self.answer.get():
+            return None  # refused: a test op failed
+        return job(decided_on + 1, suspended=False)
+
+    async def post_event(self, *_: Any) -> None:
+        pass
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_refused_admission_is_decided_again_on_the_state_that_arrived_meanwhile() -> None:
+    async def scenario() -> None:
+        api = SlowApi()
+        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
+        engine.leading = True
+        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine.observe_job(None, job(rv=5))
+        engine.cache.primed = True
+
+        assert [j.name for j in engine.decide_once().admit] == ["j"]
+        await settle()
+        assert api.patched == [5]
+
+        engine.observe_job("MODIFIED", job(rv=6))  # the Job controller wrote its status meanwhile
+        assert engine.decide_once().admit == []  # the admission in flight still holds the slot
+
+        engine._wake.clear()
+        await api.answer.put(False)  # rv 5 no longer matches: refused
+        await settle()
+        assert engine._wake.is_set(), "nothing else would wake the decision: the watch event came already"
+        assert [j.resource_version for j in engine.decide_once().admit] == [6]
+        await api.answer.put(True)
+        await settle()
+        assert api.patched == [5, 6]
+        admitted = engine.cache.jobs["job-uid"]
+        assert isinstance(admitted, JobView) and not admitted.suspended
+        await engine.close()
+
+    asyncio.run(scenario())
