@@ -1,0 +1,132 @@
+"""Scenario 2. Burst: Jobs created as fast as the API accepts them, one running per key.
+
+The operator and the policy are ready before the first Job exists; the Jobs
+then arrive as fast as `create_concurrency` requests in flight allow, key after
+key, so the first round of Jobs covers every key. The watch times each
+admission and when each key first had a Job running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import timeline
+from bench.environment import process_memory_kib
+from bench.harness import Bench, operator_pid, wait_until
+from bench.scenarios import Document, target
+from tests.support.manifests import job_manifest
+
+LABEL, KEY = "bench", "key"
+
+
+@dataclass(frozen=True)
+class Params:
+    jobs: int = 5000
+    keys: int = 1000
+    limit: int = 1
+    run_seconds: float = 1.0
+    create_concurrency: int = 32
+    timeout_seconds: float = 600.0
+
+    @classmethod
+    def tiny(cls) -> Params:
+        return cls(jobs=20, keys=5, timeout_seconds=120.0)
+
+
+def run(params: Params, log_dir: Path) -> dict[str, Document]:
+    with Bench(log_dir, running_pods=params.keys * params.limit) as bench:
+        namespace = bench.namespace("burst")
+        policy = bench.create_policy(namespace, "burst", {LABEL: "burst"}, [KEY], params.limit)
+        operator = bench.operator(namespace).start()
+        record = timeline.Timeline(KEY)
+        with bench.watch(namespace) as watch:
+            watch.govern(policy)
+            watch.listeners.append(record)
+            manifests = [
+                job_manifest(
+                    f"burst-{i:05d}",
+                    {LABEL: "burst", KEY: f"k{i % params.keys:04d}"},
+                    runs_for=f"{params.run_seconds:g}s",
+                )
+                for i in range(params.jobs)
+            ]
+            t0 = time.monotonic()
+            create_seconds = bench.create_jobs(namespace, manifests, params.create_concurrency)
+            wait_until(
+                lambda: len(record.first_running) >= params.keys,
+                f"every one of {params.keys} keys to have a Job running",
+                params.timeout_seconds,
+                interval=0.1,
+            )
+            wait_until(
+                lambda: record.count["finished"] >= params.jobs,
+                f"all {params.jobs} Jobs to finish",
+                params.timeout_seconds,
+                interval=0.1,
+            )
+            memory = process_memory_kib(operator_pid(operator))
+            with watch.changed:
+                changes = list(record.changes)
+                first_running = dict(record.first_running)
+                over_limit = list(watch.admitted_over_limit)
+                peak = max(watch.peak.values(), default=0)
+        operator.stop()
+
+    admitted = timeline.admissions(changes)
+    created_by = t0 + create_seconds
+    during_creation = [t for t in admitted if t <= created_by]
+    finished_at = max(c.at for c in changes if c.after == "finished")
+    every_key = max(first_running.values()) - t0
+    first_round = sorted(first_running.values())
+    results = {
+        "create_seconds": round(create_seconds, 2),
+        "create_rate_per_second": round(params.jobs / create_seconds, 1),
+        "admissions": len(admitted),
+        "admission_rate_per_second": _round(timeline.rate(admitted, start=t0)),
+        "admission_rate_while_creating_per_second": round(len(during_creation) / create_seconds, 1),
+        "first_round_admission_rate_per_second": _round(timeline.rate(first_round, start=t0)),
+        "peak_admissions_in_one_second": timeline.peak_rate(admitted),
+        "seconds_until_every_key_runs": round(every_key, 2),
+        "seconds_from_last_create_until_every_key_runs": round(max(first_running.values()) - created_by, 2),
+        "makespan_seconds": round(finished_at - t0, 2),
+        "peak_running_per_key": peak,
+        "admissions_over_limit": over_limit,
+        "operator_rss_kib_at_end": memory["rss_kib"],
+        "operator_peak_rss_kib": memory["peak_rss_kib"],
+    }
+    targets = [
+        target(
+            "admissions per second (first round, one per key)",
+            "≥ 50 % of the raw patch ceiling (see ceiling)",
+            f"{results['first_round_admission_rate_per_second']}/s while Jobs arrive at "
+            f"{results['create_rate_per_second']}/s",
+            None,
+        ),
+        target(
+            "time until every key has a Job running",
+            "(no target)",
+            f"{every_key:.1f} s after the first create ({results['seconds_from_last_create_until_every_key_runs']} s "
+            "after the last)",
+            None,
+        ),
+        target(
+            "never over the limit",
+            f"≤ {params.limit} running per key",
+            f"peak {peak}, {len(over_limit)} admissions over",
+            peak <= params.limit and not over_limit,
+        ),
+    ]
+    return {
+        "burst": {
+            "parameters": {**asdict(params), "nodes": bench.nodes},
+            "results": results,
+            "targets": targets,
+            "series": timeline.series(changes, t0, finished_at),
+        }
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

@@ -1,0 +1,68 @@
+"""Every benchmark scenario at a tiny size, so that `make bench` cannot rot. No timing is asserted:
+benchmarks are not tests. Each scenario starts its own local control plane, like `make bench`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.runner import SCENARIOS, run_scenarios
+
+pytestmark = pytest.mark.cluster
+
+EXPECTED_RESULTS = {
+    "refill": {
+        "makespan_seconds",
+        "ideal_seconds",
+        "utilisation_while_queued",
+        "decision_latency_ms",
+        "peak_running_per_key",
+        "admissions_over_limit",
+    },
+    "api_cost": {
+        "operator_requests_per_admission",
+        "apiserver_requests",
+        "job_writes_per_admission",
+        "status_writes",
+        "list_calls_steady_state_operator",
+    },
+    "burst": {
+        "admission_rate_per_second",
+        "peak_admissions_in_one_second",
+        "seconds_until_every_key_runs",
+        "admissions_over_limit",
+    },
+    "scale": {"phases", "rss_bytes_per_governed_job", "rss_bytes_per_ungoverned_job", "admissions_over_limit"},
+    "ceiling": {"raw_patch", "jobgate", "jobgate_over_ceiling"},
+}
+PLOTS = ("refill.png", "refill-latency.png", "burst.png", "scale-memory.png")
+
+
+@pytest.mark.timeout(900)
+def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
+    documents = run_scenarios(list(SCENARIOS), tmp_path, tiny=True)
+
+    assert set(documents) == set(EXPECTED_RESULTS)
+    for name, expected in EXPECTED_RESULTS.items():
+        on_disk = json.loads((tmp_path / f"{name}.json").read_text())
+        assert on_disk == documents[name]
+        assert {"machine", "versions", "parameters", "results", "targets", "bench_seconds"} <= on_disk.keys()
+        assert {"nproc", "memory_gib", "cpu_model"} <= on_disk["machine"].keys()
+        assert {"kubernetes", "python", "kopf"} <= on_disk["versions"].keys()
+        assert expected <= on_disk["results"].keys(), name
+        for row in on_disk["targets"]:
+            assert {"figure", "target", "measured", "met"} == row.keys()
+        assert on_disk["results"].get("admissions_over_limit", []) == [], name
+
+    scale = documents["scale"]["results"]["phases"]
+    assert set(scale) == {"empty", "ungoverned", "all", "all_with_job_selector"}
+    assert scale["ungoverned"]["tracked_jobs"] == 0  # correctness, not timing: ungoverned Jobs are not kept
+    assert documents["refill"]["results"]["decision_latency_ms"]["count"] > 0
+
+    summary = (tmp_path / "README.md").read_text()
+    assert "## Scorecard" in summary
+    for plot in PLOTS:
+        assert (tmp_path / plot).stat().st_size > 0
+        assert f"]({plot})" in summary
