@@ -75,6 +75,7 @@ class Engine:
         self.cache = ClusterCache()
         self.assumed: set[str] = set()
         self.announced: set[str] = set()  # Jobs whose Queued event (or warning) was posted
+        self.started = clock()
         self.status = StatusWriter(api, clock)
         self._wake = asyncio.Event()
         self._dirty_since: float | None = None  # when the oldest unhandled change arrived
@@ -163,8 +164,12 @@ class Engine:
         for namespace in self._scopes():
             await self._list_jobs(namespace)
         if not announce:
-            # After a restart the Jobs already queued had their Queued event from our predecessor.
-            self.announced.update(uid for uid, job in self.cache.jobs.items() if job.suspended)
+            # Jobs queued before this process started had their Queued event from our predecessor;
+            # those created since (e.g. while we waited for the Lease) get theirs now. creationTimestamp
+            # has whole seconds: a Job of our first second is announced, at worst twice.
+            self.announced.update(
+                uid for uid, job in self.cache.jobs.items() if job.suspended and job.created < int(self.started)
+            )
         self.cache.primed = True
         self.status.mark_dirty()
         self.wake()
