@@ -147,6 +147,8 @@ class Plan:
     admit: list[JobView] = field(default_factory=list)  # in admission order
     resuspend: list[JobView] = field(default_factory=list)  # unsuspended behind our back, over the limit
     release: list[JobView] = field(default_factory=list)  # queued by us, governed by nothing any more
+    # Running Jobs (assumed admissions included) per policy and key, as the plan found them.
+    running: dict[tuple[PolicyRef, Key], int] = field(default_factory=dict)
 
 
 def plan(
@@ -206,6 +208,7 @@ def plan(
         result.resuspend.sort(key=lambda j: j.order)
 
     counts = {slot: len(members) for slot, members in running.items()}
+    result.running = dict(counts)
     candidates.sort(key=lambda c: c[0].order)
     for job, govs in candidates:
         if all(counts.get(gov.slot, 0) < limits[gov.slot[0]] for gov in govs):

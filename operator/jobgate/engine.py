@@ -52,6 +52,9 @@ class EngineSettings:
     resync_seconds: float = 300.0
     status_seconds: float = 1.0
     write_concurrency: int = 16
+    # Events are best effort and must never take the connections admissions and the Lease need:
+    # a burst of new Jobs once queued thousands of Queued events ahead of every admission.
+    event_concurrency: int = 4
 
 
 def describe_key(policy: ConcurrencyPolicy, key: admission.Key) -> str:
@@ -81,8 +84,10 @@ class Engine:
         self._dirty_since: float | None = None  # when the oldest unhandled change arrived
         self._background: set[asyncio.Task[None]] = set()
         self._write_limit = asyncio.Semaphore(settings.write_concurrency)
+        self._event_limit = asyncio.Semaphore(settings.event_concurrency)
         self._writes: set[asyncio.Task[None]] = set()  # patches in flight, cancelled when leading ends
         self._writing: set[str] = set()  # uids of the Jobs they patch
+        self._refused: set[str] = set()  # Jobs whose patch was refused: their next event wakes a pass
         self._relist_namespaces: set[str] = set()
         self.leading = False
 
@@ -94,8 +99,15 @@ class Engine:
         view = JobView.from_body(body)
         if event_type == "DELETED":
             changed = self.cache.delete_job(view.uid, view.resource_version) is not None
+            self._refused.discard(view.uid)
         elif self._keeps(view):
-            changed = self.cache.put_job(view) is not None
+            before = self.cache.jobs.get(view.uid)
+            stored = self.cache.put_job(view) is not None
+            # Most events are the Job controller's status writes, which change nothing that a
+            # decision reads: the cache takes their resourceVersion, but no pass is needed.
+            changed = stored and (before is None or view.uid in self._refused or not before.same_state(view))
+            if stored:
+                self._refused.discard(view.uid)
         else:
             changed = self.cache.forget_job(view) is not None
         if changed:
@@ -224,7 +236,7 @@ class Engine:
             len(plan.resuspend),
             len(plan.release),
         )
-        self._announce(policies, jobs)
+        self._announce(jobs, plan.running)
         if plan.admit or plan.resuspend or plan.release:
             self.status.mark_dirty()
         for job in plan.admit:
@@ -265,6 +277,8 @@ class Engine:
             cached = self.cache.jobs.get(job.uid)
             if cached is not None and cached.resource_version > job.resource_version:
                 self.wake()
+            else:
+                self._refused.add(job.uid)
             return None
         view = JobView.from_body(body)
         self.cache.put_job(view)
@@ -326,13 +340,12 @@ class Engine:
 
     # --- events -----------------------------------------------------------------------------------
 
-    def _announce(self, policies: list[ConcurrencyPolicy], jobs: list[JobView]) -> None:
+    def _announce(self, jobs: list[JobView], running: Mapping[tuple[admission.PolicyRef, admission.Key], int]) -> None:
         """Queued events and missing-label warnings, once per Job, on its first pass as queued."""
         fresh = [j for j in jobs if j.queued and j.uid not in self.announced and j.uid not in self.assumed]
         if not fresh:
             return
         index = self.cache.policy_index
-        counts = admission.tally(policies, jobs, self.assumed, index)
         for job in fresh:
             govs = index.governance_of(job)
             if not govs:
@@ -340,10 +353,9 @@ class Engine:
             self.announced.add(job.uid)
             parts = []
             for gov in govs:
-                state = counts[(gov.policy.namespace, gov.policy.name)][gov.key]
                 parts.append(
                     f"policy {gov.policy.name} key {describe_key(gov.policy, gov.key)} "
-                    f"({len(state.running)}/{gov.policy.spec.maxConcurrent} running)"
+                    f"({running.get(gov.slot, 0)}/{gov.policy.spec.maxConcurrent} running)"
                 )
                 if gov.missing_labels:
                     self._post(
@@ -361,7 +373,8 @@ class Engine:
     def _post(self, job: JobView, type_: str, reason: str, message: str) -> None:
         async def post() -> None:
             try:
-                await self.api.post_event(job, type_, reason, message)
+                async with self._event_limit:
+                    await self.api.post_event(job, type_, reason, message)
             except Exception as e:  # events are best effort, like the kubelet's own
                 log.warning("could not post %s event on %s/%s: %s", reason, job.namespace, job.name, e)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,10 @@ class JobView:
     def order(self) -> tuple[int, float, str, str]:
         """Admission order: higher priority first, then older, then by name."""
         return (-self.priority, self.created, self.namespace, self.name)
+
+    def same_state(self, newer: JobView) -> bool:
+        """Whether `newer` differs from this view in its resourceVersion only."""
+        return dataclasses.replace(newer, resource_version=self.resource_version) == self
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> JobView:

@@ -77,3 +77,44 @@ def test_a_refused_admission_is_decided_again_on_the_state_that_arrived_meanwhil
         await engine.close()
 
     asyncio.run(scenario())
+
+
+def test_status_writes_that_change_nothing_decided_wake_no_pass() -> None:
+    engine = Engine(SlowApi(), EngineSettings(), Metrics())  # type: ignore[arg-type]
+    engine.leading = True
+    engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+    engine.observe_job(None, job(rv=5, suspended=False))
+    engine._wake.clear()
+
+    engine.observe_job("MODIFIED", job(rv=6, suspended=False))  # e.g. status.active went from 0 to 1
+    assert not engine._wake.is_set()
+    assert engine.cache.jobs["job-uid"].resource_version == 6  # later patches test the newest version
+
+    finished = job(rv=7, suspended=False)
+    finished["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    engine.observe_job("MODIFIED", finished)
+    assert engine._wake.is_set()
+
+
+def test_a_refused_admission_is_decided_again_when_the_newer_state_arrives_after_the_refusal() -> None:
+    async def scenario() -> None:
+        api = SlowApi()
+        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
+        engine.leading = True
+        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine.observe_job(None, job(rv=5))
+        engine.cache.primed = True
+        engine.decide_once()
+        await settle()
+        await api.answer.put(False)  # refused before the watch brought rv 6
+        await settle()
+
+        engine._wake.clear()
+        engine.observe_job("MODIFIED", job(rv=6))  # only the resourceVersion changed
+        assert engine._wake.is_set()
+        assert [j.resource_version for j in engine.decide_once().admit] == [6]
+        await api.answer.put(True)
+        await settle()
+        await engine.close()
+
+    asyncio.run(scenario())
