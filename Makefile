@@ -42,8 +42,11 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not cluster"
 
+# Two workers, each with its own local control plane: most of a cluster test is waiting on kwok.
+TEST_WORKERS ?= 2
+
 test: lint binaries
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 demo: binaries
 	$(PY) -m localcluster.demo
