@@ -15,6 +15,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "concurrencypolicies.jobgate.dev.yaml"
+PORT_TAKEN = "address already in use"
+PORT_CHECK_SECONDS = 0.5
 
 
 def free_port() -> int:
@@ -36,7 +38,18 @@ class OperatorProcess:
         self.log_path = log_dir / f"jobgate-{self.health_port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> OperatorProcess:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> OperatorProcess:
+        """Start and wait until healthy; if another process took one of its ports meanwhile, retry on new ones."""
+        for attempt in range(1, attempts + 1):
+            self._launch()
+            if self._wait_until_healthy(timeout):
+                return self
+            if attempt == attempts:
+                raise RuntimeError(f"jobgate found its ports taken {attempts} times:\n{self.log_tail()}")
+            self.metrics_port, self.health_port = free_port(), free_port()
+        return self
+
+    def _launch(self) -> None:
         args = [sys.executable, "-m", "jobgate", "run", "--kubeconfig", str(self.kubeconfig)]
         for ns in self.namespaces:
             args += ["--namespace", ns]
@@ -46,14 +59,25 @@ class OperatorProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         log.close()
+
+    def _wait_until_healthy(self, timeout: float) -> bool:
+        """True once healthy; False if it exited because a port was taken; raises on any other failure."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
-        while not self.healthy():
+        while True:
+            if self.healthy():
+                # A free port can be taken between choosing it and binding it, and whoever took it
+                # may answer /healthz too: make sure it is this process that still runs.
+                time.sleep(PORT_CHECK_SECONDS)
+                if self.process.poll() is None:
+                    return True
             if self.process.poll() is not None:
+                if PORT_TAKEN in self.log_tail(20):
+                    return False
                 raise RuntimeError(f"jobgate exited with {self.process.returncode} at start:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"jobgate was not healthy within {timeout:.0f}s:\n{self.log_tail()}")
             time.sleep(0.1)
-        return self
 
     def healthy(self) -> bool:
         try:
