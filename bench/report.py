@@ -29,6 +29,7 @@ def load(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     documents = load(out_dir)
     images = plot(documents, out_dir)
     (out_dir / "README.md").write_text(markdown(documents, images))

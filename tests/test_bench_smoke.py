@@ -34,7 +34,12 @@ EXPECTED_RESULTS = {
         "seconds_until_every_key_runs",
         "admissions_over_limit",
     },
-    "scale": {"phases", "rss_bytes_per_governed_job", "rss_bytes_per_ungoverned_job", "admissions_over_limit"},
+    "scale": {
+        "phases",
+        "rss_bytes_per_governed_job",
+        "rss_bytes_per_ungoverned_job_without_job_selector",
+        "admissions_over_limit",
+    },
     "ceiling": {"raw_patch", "jobgate", "jobgate_over_ceiling"},
 }
 PLOTS = ("refill.png", "refill-latency.png", "burst.png", "scale-memory.png")

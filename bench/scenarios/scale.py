@@ -28,6 +28,7 @@ from tests.support.manifests import job_manifest
 
 LABEL, KEY = "bench", "key"
 RUNS_FOR = "3600s"  # admitted Jobs keep their slots: the queue stays as it was
+NOISE_BYTES = 256  # RSS per Job below this is no cost worth naming
 
 
 @dataclass(frozen=True)
@@ -93,47 +94,53 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
                 over_limit = list(watch.admitted_over_limit)
                 peak = max(watch.peak.values(), default=0)
 
+    document = scorecard(params, phases, peak, over_limit)
+    document["results"]["create_rate_per_second"] = round(total / (create_ungoverned + create_governed), 1)
+    document["parameters"]["nodes"] = bench.nodes
+    return {"scale": document}
+
+
+def scorecard(params: Params, phases: dict[str, dict[str, Any]], peak: int, over_limit: list[str]) -> Document:
+    """Figures and targets from the phases' measurements.
+
+    Memory per tracked Job is read where only governed Jobs are watched (with
+    --job-selector): against the empty baseline, nothing else is in the RSS. The
+    difference between `all` and `ungoverned` would understate it, since the
+    ungoverned Jobs' start-up already grew the heap that the governed ones reuse.
+    """
     empty, ungoverned, everything, selected = (
         phases[p] for p in ("empty", "ungoverned", "all", "all_with_job_selector")
     )
-    per_governed = (everything["rss_kib"] - ungoverned["rss_kib"]) * 1024 / params.governed
-    per_governed_selected = (selected["rss_kib"] - empty["rss_kib"]) * 1024 / params.governed
+    per_governed = (selected["rss_kib"] - empty["rss_kib"]) * 1024 / params.governed
     per_ungoverned = (ungoverned["rss_kib"] - empty["rss_kib"]) * 1024 / max(params.ungoverned, 1)
     first = everything["seconds_to_first_admission"]
     results = {
         "phases": phases,
         "rss_bytes_per_governed_job": round(per_governed),
-        "rss_bytes_per_governed_job_with_job_selector": round(per_governed_selected),
-        "rss_bytes_per_ungoverned_job": round(per_ungoverned),
-        "create_rate_per_second": round(total / (create_ungoverned + create_governed), 1),
+        "rss_bytes_per_ungoverned_job_without_job_selector": round(per_ungoverned),
         "peak_running_per_key": peak,
         "admissions_over_limit": over_limit,
     }
     targets = [
         target(
-            "operator memory per tracked Job",
+            "operator memory per tracked Job (RSS, only governed Jobs watched)",
             "≤ 2 KiB",
-            f"{per_governed / 1024:.2f} KiB ({per_governed_selected / 1024:.2f} KiB with --job-selector)",
+            f"{per_governed / 1024:.2f} KiB ({selected['rss_kib'] / 1024:.0f} MiB for {params.governed} Jobs, "
+            f"{empty['rss_kib'] / 1024:.0f} MiB empty)",
             per_governed <= 2048,
         ),
         target(
             f"first decision after start, {params.governed + params.ungoverned} Jobs present",
             "≤ 20 s",
-            f"{first:.1f} s ({selected['seconds_to_first_admission']:.1f} s with --job-selector)",
+            f"{first:.1f} s; {selected['seconds_to_first_admission']:.1f} s with --job-selector",
             first <= 20,
         ),
         target(
-            "ungoverned Jobs cost nothing",
-            "not kept; RSS unchanged",
-            f"tracked {ungoverned['tracked_jobs']}; {per_ungoverned:.0f} B RSS each "
-            f"(peak RSS {ungoverned['peak_rss_kib'] / 1024:.0f} MiB vs {empty['peak_rss_kib'] / 1024:.0f} MiB empty)",
-            ungoverned["tracked_jobs"] == 0,
-        ),
-        target(
-            "operator RSS after start",
-            "(no target)",
-            f"{everything['rss_kib'] / 1024:.0f} MiB with all Jobs; {empty['rss_kib'] / 1024:.0f} MiB empty",
-            None,
+            "ungoverned Jobs are neither listed nor kept",
+            "cost nothing",
+            f"never kept (tracked {ungoverned['tracked_jobs']}), but without --job-selector listed and watched: "
+            f"{per_ungoverned / 1024:.1f} KiB RSS each; with it, not seen at all",
+            per_ungoverned <= NOISE_BYTES,
         ),
         target(
             "never over the limit",
@@ -142,7 +149,7 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
             peak <= 2 and not over_limit,
         ),
     ]
-    return {"scale": {"parameters": {**asdict(params), "nodes": bench.nodes}, "results": results, "targets": targets}}
+    return {"parameters": asdict(params), "results": results, "targets": targets}
 
 
 def _create(bench: Bench, namespace: str, kind: str, count: int, params: Params) -> float:
