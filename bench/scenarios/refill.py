@@ -87,7 +87,7 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
     mean_run = sum(run_times) / len(run_times)
     refills = timeline.refills(changes)  # from the first change: the queue before t0 counts too
     latency = timeline.summary([r.latency for r in refills], scale=1000)
-    decided = [r for r in refills if r.decided is not None]
+    decided = [(r, r.decided) for r in refills if r.decided is not None]
     util = timeline.utilisation(changes, params.limit, t0)
     admitted = timeline.admissions(after_t0)
     first_round = sorted(admitted)[: min(len(admitted), params.keys * params.limit)]
@@ -103,8 +103,8 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
         "utilisation_while_queued": None if util is None else round(util, 4),
         "decision_latency_ms": latency,
         # Split at jobgate's admitted-at (its clock when it decided): reacting, then writing and being seen.
-        "freed_to_decided_ms": timeline.summary([r.decided - r.freed for r in decided if r.decided], scale=1000),
-        "decided_to_seen_ms": timeline.summary([r.seen - r.decided for r in decided if r.decided], scale=1000),
+        "freed_to_decided_ms": timeline.summary([at - r.freed for r, at in decided], scale=1000),
+        "decided_to_seen_ms": timeline.summary([r.seen - at for r, at in decided], scale=1000),
         "first_round_seconds": round(max(first_round) - t0, 3) if first_round else None,
         "admissions": len(admitted),
         "peak_running_per_key": peak,
