@@ -3,8 +3,7 @@
 Watch events and full LISTs both feed this cache. Resource versions are compared
 as integers (Kubernetes documents them as comparable since KEP-5504), so a late
 event never overwrites a fresher LIST, and a LIST removes the Jobs that vanished
-while a watch was re-listing — Kopf replays the living after a 410 but says
-nothing of the dead.
+while no watch was running — a new watch replays nothing of the dead.
 """
 
 from __future__ import annotations

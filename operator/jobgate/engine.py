@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jobgate import admission, patches
 from jobgate.cache import ClusterCache
 from jobgate.jobs import JobView
+from jobgate.kube import WatchExpired
 from jobgate.metrics import Metrics
 from jobgate.policy import ConcurrencyPolicy
 from jobgate.status import StatusWriter
@@ -32,6 +33,12 @@ class ClusterApi(Protocol):
 
     async def list_jobs(self, namespace: str | None, label_selector: str | None = None) -> tuple[list[JobView], int]:
         """Every Job as a view, and the LIST's resourceVersion."""
+        ...
+
+    def watch_jobs(
+        self, namespace: str | None, label_selector: str | None, resource_version: int, timeout_seconds: int = 300
+    ) -> AsyncIterator[tuple[str, Mapping[str, Any]]]:
+        """Watch events from resource_version; raises kube.WatchExpired when it is too old."""
         ...
 
     async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]: ...
@@ -50,6 +57,7 @@ class EngineSettings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     job_selector: str | None = None  # the same server-side selector as the watch, or the cache goes stale
     resync_seconds: float = 300.0
+    watch_seconds: int = 300  # the server ends each watch after this; it resumes where it ended
     status_seconds: float = 1.0
     write_concurrency: int = 16
     # Events are best effort and must never take the connections admissions and the Lease need:
@@ -147,11 +155,15 @@ class Engine:
     # --- leading: only the elected replica runs this ----------------------------------------------
 
     async def lead(self) -> None:
-        """Sync from a fresh LIST, then decide on every change until cancelled."""
-        self.leading = True  # from now on watch events are kept; the LIST below fills in the rest
+        """LIST, then watch Jobs and decide on every change until cancelled.
+
+        Only the leader watches Jobs: a follower holds nothing but policies (for the webhook).
+        """
+        self.leading = True
         try:
-            await self.sync(announce=False)
-            tasks = [self._spawn(self._decide_forever()), self._spawn(self._resync_forever())]
+            versions = await self.sync(announce=False)
+            tasks = [self._spawn(self._watch_jobs(scope, version)) for scope, version in versions.items()]
+            tasks += [self._spawn(self._decide_forever()), self._spawn(self._resync_forever())]
             tasks.append(self._spawn(self._write_status_forever()))
             try:
                 await asyncio.gather(*tasks)
@@ -163,6 +175,32 @@ class Engine:
             self.assumed.clear()
             self.cache.forget_all_jobs()
 
+    async def _watch_jobs(self, scope: str | None, version: int) -> None:
+        """Follow one scope's Jobs from `version`, as client-go's reflector does.
+
+        A stream the server ends is resumed from the last version seen (bookmarks keep it
+        fresh); a version the server no longer has (410 Gone) means a new LIST, which also
+        finds the Jobs deleted meanwhile. Errors back off up to 30 s and never end leading.
+        """
+        failures = 0
+        while True:
+            try:
+                async for event_type, body in self.api.watch_jobs(
+                    scope, self.settings.job_selector, version, self.settings.watch_seconds
+                ):
+                    version = int(body["metadata"].get("resourceVersion") or version)
+                    if event_type != "BOOKMARK":
+                        self.observe_job(event_type, body)
+                    failures = 0
+            except WatchExpired:
+                log.info("watch of Jobs in %s expired at version %d: listing again", scope or "all namespaces", version)
+                version = await self._list_jobs(scope)
+            except Exception as e:  # a broken stream is retried, never fatal
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures)
+                log.warning("watch of Jobs in %s failed (%s); retrying in %.1fs", scope or "all namespaces", e, delay)
+                await asyncio.sleep(delay)
+
     async def sync_policies(self) -> None:
         for namespace in self._scopes():
             bodies, version = await self.api.list_policies(namespace)
@@ -170,11 +208,13 @@ class Engine:
             self.cache.replace_policies(parsed, version, namespace)
         self.cache.policies_primed = True
 
-    async def sync(self, announce: bool = True) -> None:
-        """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps."""
+    async def sync(self, announce: bool = True) -> dict[str | None, int]:
+        """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps.
+
+        Returns each scope's LIST version, where its watch starts.
+        """
         await self.sync_policies()
-        for namespace in self._scopes():
-            await self._list_jobs(namespace)
+        versions = {scope: await self._list_jobs(scope) for scope in self._scopes()}
         if not announce:
             # Jobs queued before this process started had their Queued event from our predecessor;
             # those created since (e.g. while we waited for the Lease) get theirs now. creationTimestamp
@@ -185,8 +225,9 @@ class Engine:
         self.cache.primed = True
         self.status.mark_dirty()
         self.wake()
+        return versions
 
-    async def _list_jobs(self, namespace: str | None) -> None:
+    async def _list_jobs(self, namespace: str | None) -> int:
         views, version = await self.api.list_jobs(namespace, self.settings.job_selector)
         gone = self.cache.replace_jobs(views, version, namespace, self._keeps)
         log.debug(
@@ -198,6 +239,7 @@ class Engine:
         )
         if gone:
             log.info("re-list found %d Job(s) deleted during a watch gap", len(gone))
+        return version
 
     def _scopes(self) -> tuple[str | None, ...]:
         return self.settings.namespaces or (None,)

@@ -1,7 +1,9 @@
-"""Kopf wiring: watch events feed the engine, the webhook suspends governed Jobs. Nothing else.
+"""Kopf wiring: policy events feed the engine, the webhook suspends governed Jobs. Nothing else.
 
-Only `on.event`, `on.mutate` and `on.probe` are used: unlike on.create/update,
-they write no annotations and no finalizers onto other people's Jobs.
+Jobs are not watched through Kopf: the leading engine lists and watches them
+itself (engine.Engine.lead), keeping a small view of each and nothing on
+followers. Only `on.event`, `on.mutate` and `on.probe` are used: unlike
+on.create/update, they write no annotations and no finalizers on anything.
 """
 
 from __future__ import annotations
@@ -34,10 +36,6 @@ class NewJob:
 def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, is_leader: Any) -> None:
     # async, so that Kopf runs them on the event loop: sync handlers run in threads,
     # and the engine's cache belongs to the loop.
-    @kopf.on.event("batch", "v1", "jobs", registry=registry)
-    async def job_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
-        engine.observe_job(type, body)
-
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def policy_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
         engine.observe_policy(type, body)

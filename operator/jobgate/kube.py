@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import aiohttp
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
 
@@ -35,6 +36,10 @@ class ApiError(Exception):
         except ValueError:
             message = body
         super().__init__(f"{method} {path}: {status} {message}")
+
+
+class WatchExpired(Exception):
+    """410 Gone: the watch's resourceVersion is older than the API server keeps; LIST again."""
 
 
 async def connect(kubeconfig: str | None = None, context: str | None = None) -> aio_client.ApiClient:
@@ -121,6 +126,56 @@ class KubeApi:
         path = "/" + _namespaced(namespace, "apis/batch/v1", "jobs")
         return await self._list(path, "jobs", JobView.from_body, query)
 
+    async def watch_jobs(
+        self,
+        namespace: str | None,
+        label_selector: str | None,
+        resource_version: int,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[tuple[str, Mapping[str, Any]]]:
+        """Watch events (type, object) from resource_version until the server ends the stream.
+
+        BOOKMARK events are passed on: their resourceVersion is where the next watch resumes.
+        Raises WatchExpired when that version is too old (410 Gone).
+        """
+        path = "/" + _namespaced(namespace, "apis/batch/v1", "jobs")
+        query = {
+            "watch": "true",
+            "resourceVersion": str(resource_version),
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if label_selector:
+            query["labelSelector"] = label_selector
+        serialized = await self.client.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        # No total timeout: the server ends the stream after timeout_seconds; a silent connection
+        # (no event, no bookmark for a minute past that) is dead.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 60)
+        response = await self.client.call_api(*serialized, _request_timeout=timeout)
+        self.metrics.api_requests.labels("watch", "jobs", str(response.status)).inc()
+        stream: aiohttp.ClientResponse = response.response
+        try:
+            if response.status == 410:
+                raise WatchExpired(path)
+            if not 200 <= response.status < 300:
+                raise ApiError(response.status, "GET", path, (await response.read()).decode(errors="replace"))
+            # Lines are split here, not by aiohttp's readline: a Job can be larger than its line limit.
+            pending = b""
+            async for chunk in stream.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _watch_event(json.loads(line), path)
+        finally:
+            stream.release()
+
     async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]:
         path = "/" + _namespaced(namespace, f"apis/{GROUP}/{VERSION}", PLURAL)
         return await self._list(path, PLURAL, lambda body: body)
@@ -179,3 +234,12 @@ class KubeApi:
             "count": 1,
         }
         await self.request("create", f"/api/v1/namespaces/{quote(job.namespace)}/events", "events", body=event)
+
+
+def _watch_event(event: Mapping[str, Any], path: str) -> tuple[str, Mapping[str, Any]]:
+    kind, obj = event["type"], event["object"]
+    if kind == "ERROR":
+        if obj.get("code") == 410:
+            raise WatchExpired(path)
+        raise ApiError(int(obj.get("code") or 500), "WATCH", path, json.dumps(obj))
+    return kind, obj

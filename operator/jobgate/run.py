@@ -161,10 +161,7 @@ def configure_kopf(settings: kopf.OperatorSettings, args: argparse.Namespace) ->
     settings.persistence.finalizer = "jobgate.dev/unused"  # never strip anyone's Kopf finalizer
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    # Kopf lists in one request by default: with tens of thousands of Jobs, every body at once.
-    settings.watching.chunk_size = kube.LIST_PAGE
-    if args.job_selector:
-        settings.watching.label_selectors["batch", "v1", "jobs"] = args.job_selector
+    settings.watching.chunk_size = kube.LIST_PAGE  # Kopf lists in one request by default
     if args.webhook_port:
         settings.admission.server = kopf.WebhookServer(
             addr=args.webhook_addr,
