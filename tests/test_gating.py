@@ -169,6 +169,42 @@ def test_deleting_the_policy_releases_the_jobs_it_queued(scenario: Scenario) -> 
     assert scenario.suspended("theirs")
 
 
+def test_jobs_queued_under_a_policy_deleted_while_no_operator_ran_are_released(scenario: Scenario) -> None:
+    scenario.policy("gone", {"app": "g"}, [], 0)
+    # As the webhook marks them: queued by jobgate (the label lets the operator find them without the policy).
+    queued_at = {"jobgate.dev/queued-at": "2026-01-01T00:00:00.000000Z"}
+    for name in ("ours-1", "ours-2"):
+        scenario.job(name, {"app": "g", "jobgate.dev/queued": "true"}, annotations=queued_at)
+    scenario.job("theirs", {"app": "g"})  # suspended by its owner: not ours to release
+    scenario.custom.delete_namespaced_custom_object(GROUP, VERSION, scenario.namespace, PLURAL, "gone")
+    scenario.start_operator()
+    scenario.watch.wait_for(lambda w: w.finished("ours-1", "ours-2"), "released Jobs finishing")
+    assert "Released" in [r for r, _ in scenario.events("ours-1")]
+    released = scenario.batch.read_namespaced_job("ours-1", scenario.namespace)
+    assert released.metadata.labels == {"app": "g"}, "released Jobs leave the queue label"
+    assert scenario.suspended("theirs")
+
+
+def test_a_running_job_relabeled_into_another_policy_holds_a_slot_there(scenario: Scenario) -> None:
+    """Each policy's Jobs come through their own watch: leaving one and entering the other moves the slot."""
+    scenario.start_operator()
+    scenario.policy("old", {"app": "x"}, [], 1)
+    scenario.policy("new", {"moved": "yes"}, [], 1)
+    scenario.job("mover", {"app": "x"}, runs_for="600s")
+    scenario.watch.wait_for(lambda w: "mover" in w.running(), "mover admitted under policy old")
+    relabel = [{"op": "replace", "path": "/metadata/labels", "value": {"moved": "yes"}}]
+    scenario.batch.patch_namespaced_job("mover", scenario.namespace, relabel)
+
+    scenario.job("after-old", {"app": "x"})
+    scenario.watch.wait_for(lambda w: w.finished("after-old"), "old's slot, freed by the move, taken")
+    scenario.job("blocked", {"moved": "yes"})
+    scenario.wait_status("new", lambda s: s.get("running") == 1 and s.get("queued") == 1, "mover counted by new")
+    assert scenario.suspended("blocked")
+    scenario.batch.delete_namespaced_job("mover", scenario.namespace, propagation_policy="Background")
+    scenario.watch.wait_for(lambda w: w.finished("blocked"), "the queued Job admitted once mover is gone")
+    assert_never_over_admitted(scenario.watch)
+
+
 def test_jobs_running_before_the_policy_count_and_are_left_alone(scenario: Scenario) -> None:
     early = [f"early-{i}" for i in range(3)]
     for name in early:

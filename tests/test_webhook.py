@@ -18,7 +18,7 @@ import pytest
 from kubernetes.client import ApiException
 
 from jobgate.handlers import WEBHOOK_ID
-from jobgate.jobs import QUEUED_AT
+from jobgate.jobs import QUEUED_AT, QUEUED_LABEL
 from localcluster.access import ClusterAccess
 from localcluster.operator_process import OperatorProcess, free_port
 from tests.support.chart import webhook_configuration_at_url
@@ -112,7 +112,10 @@ def test_a_governed_job_is_created_suspended_and_gets_pods_only_once_admitted(
     for job in stored:
         assert job.spec.suspend is True, job.metadata.name
         assert QUEUED_AT in job.metadata.annotations, job.metadata.annotations
+        assert job.metadata.labels == {**labels, QUEUED_LABEL: "true"}
     scenario.watch.wait_for(lambda w: w.finished("first", "second"), "both Jobs finishing", timeout=60)
+    for name in ("first", "second"):  # admitted: out of the queue
+        assert scenario.batch.read_namespaced_job(name, scenario.namespace).metadata.labels == labels
     assert_never_over_admitted(scenario.watch)
     assert scenario.watch.peak[("gate", ("42",))] == 1
     # Resource versions order changes across objects: each Job's first pod came after its admission.

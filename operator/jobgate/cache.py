@@ -41,8 +41,11 @@ class ClusterCache:
 
     def put_job(self, view: JobView) -> JobView | None:
         """Store the view unless something newer is known; return the view it replaced, if it changed."""
-        if view.uid in self.deleted_jobs:
-            return None
+        deleted_at = self.deleted_jobs.get(view.uid)
+        if deleted_at is not None:
+            if view.resource_version < deleted_at:
+                return None  # a late event of a deleted Job
+            del self.deleted_jobs[view.uid]  # it only left one watch's selector, and entered another's
         old = self.jobs.get(view.uid)
         if old is not None and old.resource_version >= view.resource_version:
             return None
@@ -50,7 +53,15 @@ class ClusterCache:
         return old if old is not None else view
 
     def delete_job(self, uid: str, resource_version: int) -> JobView | None:
-        self.deleted_jobs[uid] = resource_version
+        """Drop a Job a watch says DELETED at resource_version, unless a state as new is known.
+
+        A watch with a label selector also says DELETED, with the version of the change,
+        when a Job stops matching it: another watch may have brought that very version.
+        """
+        old = self.jobs.get(uid)
+        if old is not None and old.resource_version >= resource_version:
+            return None
+        self.deleted_jobs[uid] = max(resource_version, self.deleted_jobs.get(uid, 0))
         self._forget_governance(uid)
         return self.jobs.pop(uid, None)
 
@@ -72,14 +83,19 @@ class ClusterCache:
         if self._policy_index is not None:
             self._policy_index.forget(uid)
 
-    def replace_jobs(
+    def apply_list(
         self,
         views: Iterable[JobView],
         list_version: int,
-        namespace: str | None = None,
+        covers: Callable[[JobView], bool] = lambda _: True,
         keep: Callable[[JobView], bool] = lambda _: True,
     ) -> list[JobView]:
-        """Apply a LIST taken at list_version, keeping what `keep` accepts; return the Jobs it proved gone."""
+        """Apply a LIST taken at list_version, keeping what `keep` accepts.
+
+        Returns the cached Jobs that the LIST should have held (`covers`) but did not, and
+        that are older than it: deleted, or relabeled out of its selector, since we saw them.
+        Which of the two, the caller finds out; they stay here until then.
+        """
         listed = set()
         for view in views:
             listed.add(view.uid)
@@ -87,18 +103,13 @@ class ClusterCache:
                 self.put_job(view)
             else:
                 self.forget_job(view)
-        gone = [
+        # Tombstones older than this LIST can no longer be contradicted by this watch.
+        self.deleted_jobs = {uid: rv for uid, rv in self.deleted_jobs.items() if rv >= list_version}
+        return [
             job
             for uid, job in self.jobs.items()
-            if uid not in listed
-            and job.resource_version < list_version
-            and (namespace is None or job.namespace == namespace)
+            if uid not in listed and job.resource_version < list_version and covers(job)
         ]
-        for job in gone:
-            self.delete_job(job.uid, list_version)
-        # Tombstones older than this LIST can no longer be contradicted by a late event.
-        self.deleted_jobs = {uid: rv for uid, rv in self.deleted_jobs.items() if rv >= list_version}
-        return gone
 
     # --- Policies ---------------------------------------------------------------------------------
 

@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from jobgate import admission, patches
+from jobgate import admission, patches, streams
 from jobgate.cache import ClusterCache
 from jobgate.jobs import JobView
 from jobgate.kube import WatchExpired
 from jobgate.metrics import Metrics
 from jobgate.policy import ConcurrencyPolicy
 from jobgate.status import StatusWriter
+from jobgate.streams import JobStream
 
 log = logging.getLogger("jobgate.engine")
 
@@ -41,6 +42,10 @@ class ClusterApi(Protocol):
         """Watch events from resource_version; raises kube.WatchExpired when it is too old."""
         ...
 
+    async def get_job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The Job's body; None when there is no Job of that name."""
+        ...
+
     async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]: ...
 
     async def patch_job(self, namespace: str, name: str, patch: patches.JsonPatch) -> Mapping[str, Any] | None:
@@ -55,7 +60,7 @@ class ClusterApi(Protocol):
 @dataclass(frozen=True)
 class EngineSettings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
-    job_selector: str | None = None  # the same server-side selector as the watch, or the cache goes stale
+    job_selector: str | None = None  # narrows every Job watch, server-side
     resync_seconds: float = 300.0
     watch_seconds: int = 300  # the server ends each watch after this; it resumes where it ended
     status_seconds: float = 1.0
@@ -96,7 +101,11 @@ class Engine:
         self._writes: set[asyncio.Task[None]] = set()  # patches in flight, cancelled when leading ends
         self._writing: set[str] = set()  # uids of the Jobs they patch
         self._refused: set[str] = set()  # Jobs whose patch was refused: their next event wakes a pass
-        self._relist_namespaces: set[str] = set()
+        self._streams: dict[JobStream, asyncio.Task[None]] = {}  # the Job watches, while leading
+        self._streams_stale = False  # policies changed: the set of watches may have to follow
+        self._streams_lock = asyncio.Lock()
+        self._confirming: set[str] = set()  # Jobs being read back to learn whether they are gone
+        self._recheck: dict[str, int] = {}  # Jobs said gone while a write was in flight: version said
         self.leading = False
 
     # --- feeding: called from watch handlers, synchronous and cheap -------------------------------
@@ -106,21 +115,33 @@ class Engine:
             return  # followers keep no Jobs: a new leader starts from a fresh LIST
         view = JobView.from_body(body)
         if event_type == "DELETED":
-            changed = self.cache.delete_job(view.uid, view.resource_version) is not None
+            cached = self.cache.jobs.get(view.uid)
+            if cached is None or cached.resource_version >= view.resource_version:
+                self.cache.delete_job(view.uid, view.resource_version)  # a tombstone, or nothing newer to undo
+                return
             self._refused.discard(view.uid)
-        elif self._keeps(view):
-            before = self.cache.jobs.get(view.uid)
-            stored = self.cache.put_job(view) is not None
-            # Most events are the Job controller's status writes, which change nothing that a
-            # decision reads: the cache takes their resourceVersion, but no pass is needed.
-            changed = stored and (before is None or view.uid in self._refused or not before.same_state(view))
-            if stored:
-                self._refused.discard(view.uid)
+            changed = self._gone_from_a_watch(cached, view.resource_version, deleted=True)
         else:
-            changed = self.cache.forget_job(view) is not None
+            changed = self._store(view)
         if changed:
             self.status.mark_dirty()
             self.wake()
+
+    def _store(self, view: JobView) -> bool:
+        """Keep the newest state of a Job that matters, forget one that stopped mattering.
+
+        Returns whether a decision could change.
+        """
+        if not self._keeps(view):
+            return self.cache.forget_job(view) is not None
+        before = self.cache.jobs.get(view.uid)
+        if self.cache.put_job(view) is None:
+            return False
+        # Most events are the Job controller's status writes, which change nothing that a
+        # decision reads: the cache takes their resourceVersion, but no pass is needed.
+        changed = before is None or view.uid in self._refused or not before.same_state(view)
+        self._refused.discard(view.uid)
+        return changed
 
     def _keeps(self, job: JobView) -> bool:
         """Only Jobs that a policy governs, or that we queued and may have to release, cost memory."""
@@ -129,6 +150,50 @@ class Engine:
         if job.queued_at is not None and job.suspended and job.admitted_at is None:
             return True
         return bool(self.cache.policy_index.governance(job))
+
+    def _gone_from_a_watch(self, job: JobView, version: int, *, deleted: bool) -> bool:
+        """A watch said DELETED, or a LIST lacked the Job: it was deleted, or relabeled out of that selector.
+
+        Only a deletion frees a slot; a relabeled Job may still be governed through another
+        watch that has not caught up. So a Job that holds a slot, or has a write in flight,
+        stays counted until the API says which. Returns whether the cache changed.
+        """
+        if job.uid in self._writing:
+            self._recheck[job.uid] = max(version, self._recheck.get(job.uid, 0))
+            return False
+        if job.running:
+            self._confirm(job, version)
+            return False
+        if deleted:
+            return self.cache.delete_job(job.uid, version) is not None
+        return self.cache.forget_job(job) is not None  # another watch may bring it back, even older
+
+    def _confirm(self, job: JobView, version: int) -> None:
+        """Read the Job back: gone frees its slot, otherwise its current labels say who governs it."""
+        if job.uid in self._confirming:
+            return
+        self._confirming.add(job.uid)
+
+        async def confirm() -> None:
+            try:
+                while True:
+                    try:
+                        body = await self.api.get_job(job.namespace, job.name)
+                        break
+                    except Exception as e:  # it keeps its slot until we know
+                        log.warning("could not read Job %s/%s back (%s); retrying", job.namespace, job.name, e)
+                        await asyncio.sleep(1.0)
+            finally:
+                self._confirming.discard(job.uid)
+            if body is None or body["metadata"]["uid"] != job.uid:
+                changed = self.cache.delete_job(job.uid, version) is not None
+            else:
+                changed = self._store(JobView.from_body(body))
+            if changed:
+                self.status.mark_dirty()
+                self.wake()
+
+        self._spawn(confirm())
 
     def observe_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
@@ -141,9 +206,8 @@ class Engine:
         if not changed:
             return
         after = self.cache.policies.get(ref)
-        if after is not None and (before is None or before.spec.selector != after.spec.selector):
-            # Jobs it now governs may have been forgotten as ungoverned: re-list them before deciding.
-            self._relist_namespaces.add(ref[0])
+        if before is None or after is None or before.spec.selector != after.spec.selector:
+            self._streams_stale = True  # the next pass first watches (and lists) what it now selects
         self.status.mark_dirty()
         self.wake()
 
@@ -155,51 +219,25 @@ class Engine:
     # --- leading: only the elected replica runs this ----------------------------------------------
 
     async def lead(self) -> None:
-        """LIST, then watch Jobs and decide on every change until cancelled.
+        """List and watch the Jobs that policies select, and decide on every change until cancelled.
 
         Only the leader watches Jobs: a follower holds nothing but policies (for the webhook).
         """
         self.leading = True
         try:
-            versions = await self.sync(announce=False)
-            tasks = [self._spawn(self._watch_jobs(scope, version)) for scope, version in versions.items()]
-            tasks += [self._spawn(self._decide_forever()), self._spawn(self._resync_forever())]
+            await self.sync(announce=False)
+            tasks = [self._spawn(self._decide_forever()), self._spawn(self._resync_forever())]
             tasks.append(self._spawn(self._write_status_forever()))
             try:
                 await asyncio.gather(*tasks)
             finally:
-                for task in [*tasks, *self._writes]:
+                for task in [*tasks, *self._writes, *self._streams.values()]:
                     task.cancel()
         finally:
             self.leading = False
+            self._streams.clear()
             self.assumed.clear()
             self.cache.forget_all_jobs()
-
-    async def _watch_jobs(self, scope: str | None, version: int) -> None:
-        """Follow one scope's Jobs from `version`, as client-go's reflector does.
-
-        A stream the server ends is resumed from the last version seen (bookmarks keep it
-        fresh); a version the server no longer has (410 Gone) means a new LIST, which also
-        finds the Jobs deleted meanwhile. Errors back off up to 30 s and never end leading.
-        """
-        failures = 0
-        while True:
-            try:
-                async for event_type, body in self.api.watch_jobs(
-                    scope, self.settings.job_selector, version, self.settings.watch_seconds
-                ):
-                    version = int(body["metadata"].get("resourceVersion") or version)
-                    if event_type != "BOOKMARK":
-                        self.observe_job(event_type, body)
-                    failures = 0
-            except WatchExpired:
-                log.info("watch of Jobs in %s expired at version %d: listing again", scope or "all namespaces", version)
-                version = await self._list_jobs(scope)
-            except Exception as e:  # a broken stream is retried, never fatal
-                failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
-                log.warning("watch of Jobs in %s failed (%s); retrying in %.1fs", scope or "all namespaces", e, delay)
-                await asyncio.sleep(delay)
 
     async def sync_policies(self) -> None:
         for namespace in self._scopes():
@@ -208,13 +246,10 @@ class Engine:
             self.cache.replace_policies(parsed, version, namespace)
         self.cache.policies_primed = True
 
-    async def sync(self, announce: bool = True) -> dict[str | None, int]:
-        """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps.
-
-        Returns each scope's LIST version, where its watch starts.
-        """
+    async def sync(self, announce: bool = True) -> None:
+        """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps."""
         await self.sync_policies()
-        versions = {scope: await self._list_jobs(scope) for scope in self._scopes()}
+        await self._follow_streams(relist=True)
         if not announce:
             # Jobs queued before this process started had their Queued event from our predecessor;
             # those created since (e.g. while we waited for the Lease) get theirs now. creationTimestamp
@@ -225,21 +260,61 @@ class Engine:
         self.cache.primed = True
         self.status.mark_dirty()
         self.wake()
-        return versions
 
-    async def _list_jobs(self, namespace: str | None) -> int:
-        views, version = await self.api.list_jobs(namespace, self.settings.job_selector)
-        gone = self.cache.replace_jobs(views, version, namespace, self._keeps)
-        log.debug(
-            "listed %d Job(s) in %s at version %d: keeping %d",
-            len(views),
-            namespace or "all namespaces",
-            version,
-            len(self.cache.jobs),
-        )
-        if gone:
-            log.info("re-list found %d Job(s) deleted during a watch gap", len(gone))
+    async def _follow_streams(self, relist: bool = False) -> None:
+        """Watch what the policies select now: a new stream is listed before the next decision."""
+        async with self._streams_lock:
+            wanted = streams.wanted(self.cache.policies.values(), self._scopes(), self.settings.job_selector)
+            for stream in self._streams.keys() - wanted:
+                self._streams.pop(stream).cancel()
+                log.info("stopped watching %s", stream)
+            for stream in wanted:
+                if stream in self._streams:
+                    if relist:
+                        await self._list_jobs(stream)
+                    continue
+                version = await self._list_jobs(stream)
+                self._streams[stream] = self._spawn(self._watch_jobs(stream, version))
+                log.info("watching %s from version %d", stream, version)
+            # Jobs that only a stopped stream brought, or that no policy governs now, cost nothing more.
+            for job in [job for job in self.cache.jobs.values() if not self._keeps(job)]:
+                self.cache.forget_job(job)
+
+    async def _list_jobs(self, stream: JobStream) -> int:
+        """LIST one stream's Jobs into the cache; returns the version its watch goes on from."""
+        views, version = await self.api.list_jobs(stream.namespace, stream.selector or None)
+        missing = self.cache.apply_list(views, version, stream.covers, self._keeps)
+        log.debug("listed %d %s at version %d: keeping %d in all", len(views), stream, version, len(self.cache.jobs))
+        if sum(self._gone_from_a_watch(job, version, deleted=False) for job in missing):
+            self.status.mark_dirty()
+            self.wake()
         return version
+
+    async def _watch_jobs(self, stream: JobStream, version: int) -> None:
+        """Follow one stream from `version`, as client-go's reflector does.
+
+        A stream the server ends is resumed from the last version seen (bookmarks keep it
+        fresh); a version the server no longer has (410 Gone) means a new LIST, which also
+        finds the Jobs deleted meanwhile. Errors back off up to 30 s and never end leading.
+        """
+        failures = 0
+        while True:
+            try:
+                async for event_type, body in self.api.watch_jobs(
+                    stream.namespace, stream.selector or None, version, self.settings.watch_seconds
+                ):
+                    version = int(body["metadata"].get("resourceVersion") or version)
+                    if event_type != "BOOKMARK":
+                        self.observe_job(event_type, body)
+                    failures = 0
+            except WatchExpired:
+                log.info("watch of %s expired at version %d: listing again", stream, version)
+                version = await self._list_jobs(stream)
+            except Exception as e:  # a broken stream is retried, never fatal
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures)
+                log.warning("watch of %s failed (%s); retrying in %.1fs", stream, e, delay)
+                await asyncio.sleep(delay)
 
     def _scopes(self) -> tuple[str | None, ...]:
         return self.settings.namespaces or (None,)
@@ -250,8 +325,9 @@ class Engine:
             self._wake.clear()
             started = self._dirty_since
             self._dirty_since = None
-            while self._relist_namespaces:
-                await self._list_jobs(self._relist_namespaces.pop())
+            while self._streams_stale:
+                self._streams_stale = False
+                await self._follow_streams()
             self.decide_once(started)
 
     async def _resync_forever(self) -> None:
@@ -302,11 +378,21 @@ class Engine:
                 await write
             finally:  # before any pass that this write's outcome wakes
                 self._writing.discard(job.uid)
+                self._recheck_after_write(job.uid)
 
         self._writing.add(job.uid)
         task = self._spawn(tracked())
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+
+    def _recheck_after_write(self, uid: str) -> None:
+        """A watch said the Job gone while we wrote it: unless our write's answer is newer, find out."""
+        said_gone_at = self._recheck.pop(uid, None)
+        cached = self.cache.jobs.get(uid)
+        if said_gone_at is None or cached is None or cached.resource_version >= said_gone_at:
+            return
+        if self._gone_from_a_watch(cached, said_gone_at, deleted=False):
+            self.wake()
 
     # --- writes -----------------------------------------------------------------------------------
 
@@ -323,7 +409,7 @@ class Engine:
                 self._refused.add(job.uid)
             return None
         view = JobView.from_body(body)
-        self.cache.put_job(view)
+        self._store(view)  # a released Job, say, is forgotten here: no watch may bring it again
         return view
 
     async def _admit(self, job: JobView, policies: list[ConcurrencyPolicy], triggered_at: float | None) -> None:

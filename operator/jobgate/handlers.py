@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from jobgate.engine import Engine
-from jobgate.jobs import QUEUED_AT
+from jobgate.jobs import QUEUED_AT, QUEUED_LABEL
 from jobgate.policy import GROUP, PLURAL, VERSION
 from jobgate.timestamps import format_timestamp
 
@@ -66,6 +66,7 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
             return
         patch.spec["suspend"] = True
         patch.metadata.annotations[QUEUED_AT] = format_timestamp(time.time())
+        patch.metadata.labels[QUEUED_LABEL] = "true"
         names = ", ".join(g.policy.name for g in governors)
         warnings.append(f"jobgate: suspended until ConcurrencyPolicy {names} admits it")
         engine.metrics.webhook_requests.labels("suspended").inc()

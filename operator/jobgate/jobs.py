@@ -14,6 +14,8 @@ PRIORITY = "jobgate.dev/priority"
 HOLD = "jobgate.dev/hold"
 ADMITTED_AT = "jobgate.dev/admitted-at"
 QUEUED_AT = "jobgate.dev/queued-at"
+# A label, so that the API server can select them: on the Jobs jobgate queued, until admitted or released.
+QUEUED_LABEL = "jobgate.dev/queued"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobgate.jobs import ADMITTED_AT, QUEUED_AT, JobView
+from jobgate.jobs import ADMITTED_AT, QUEUED_AT, QUEUED_LABEL, JobView
 from jobgate.timestamps import format_timestamp
 
 JsonPatch = list[dict[str, Any]]
@@ -32,6 +32,18 @@ def _annotate(job: JobView, name: str, value: str) -> JsonPatch:
     return [{"op": "add", "path": f"/metadata/annotations/{_escape(name)}", "value": value}]
 
 
+def _label_queued(job: JobView) -> JsonPatch:
+    if not job.labels:
+        return [{"op": "add", "path": "/metadata/labels", "value": {QUEUED_LABEL: "true"}}]
+    return [{"op": "add", "path": f"/metadata/labels/{_escape(QUEUED_LABEL)}", "value": "true"}]
+
+
+def _unlabel_queued(job: JobView) -> JsonPatch:
+    if QUEUED_LABEL not in job.labels:
+        return []
+    return [{"op": "remove", "path": f"/metadata/labels/{_escape(QUEUED_LABEL)}"}]
+
+
 def admit(job: JobView, now: float) -> JsonPatch:
     """Unsuspend a queued Job and record when, in one write."""
     return [
@@ -39,6 +51,7 @@ def admit(job: JobView, now: float) -> JsonPatch:
         {"op": "test", "path": "/spec/suspend", "value": True},
         {"op": "replace", "path": "/spec/suspend", "value": False},
         *_annotate(job, ADMITTED_AT, format_timestamp(now)),
+        *_unlabel_queued(job),
     ]
 
 
@@ -49,6 +62,7 @@ def resuspend(job: JobView, now: float) -> JsonPatch:
         # "add" also replaces: spec.suspend may be false or absent on an intruder.
         {"op": "add", "path": "/spec/suspend", "value": True},
         *_annotate(job, QUEUED_AT, format_timestamp(now)),
+        *_label_queued(job),
     ]
 
 
@@ -58,4 +72,5 @@ def release(job: JobView) -> JsonPatch:
         *_guard(job),
         {"op": "test", "path": "/spec/suspend", "value": True},
         {"op": "replace", "path": "/spec/suspend", "value": False},
+        *_unlabel_queued(job),
     ]

@@ -40,8 +40,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--job-selector",
         metavar="SELECTOR",
-        help="server-side label selector for the Jobs to watch, e.g. 'jobgate.dev/governed' — "
-        "set it when the cluster has many Jobs that no policy could govern",
+        help="a further server-side label selector for the Jobs to watch, e.g. 'team=data': jobgate "
+        "already asks only for the Jobs that some policy selects (or that it queued), and this narrows them",
     )
     where.add_argument("--resync-seconds", type=float, default=300.0, help="full re-list period (default 300)")
 

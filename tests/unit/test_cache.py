@@ -37,27 +37,40 @@ def test_a_deleted_job_is_not_revived_by_a_late_event() -> None:
     assert "a" not in cache.jobs
 
 
-def test_a_list_removes_jobs_that_vanished_during_a_watch_gap() -> None:
+def test_a_list_reports_the_jobs_it_should_have_held_but_did_not() -> None:
     cache = ClusterCache()
     cache.put_job(view("stale", 5))
     cache.put_job(view("kept", 6))
-    gone = cache.replace_jobs([view("kept", 6)], list_version=20)
-    assert [j.uid for j in gone] == ["stale"]
-    assert set(cache.jobs) == {"kept"}
+    missing = cache.apply_list([view("kept", 6)], list_version=20)
+    assert [j.uid for j in missing] == ["stale"]
 
 
-def test_a_list_does_not_remove_jobs_newer_than_itself() -> None:
+def test_a_list_does_not_judge_jobs_newer_than_itself() -> None:
     cache = ClusterCache()
     cache.put_job(view("born-after-the-list", 30))
-    assert cache.replace_jobs([], list_version=20) == []
+    assert cache.apply_list([], list_version=20) == []
     assert "born-after-the-list" in cache.jobs
 
 
-def test_a_namespaced_list_only_judges_its_own_namespace() -> None:
+def test_a_list_only_judges_the_jobs_it_covers() -> None:
     cache = ClusterCache()
     cache.put_job(view("elsewhere", 5, namespace="other"))
-    cache.replace_jobs([], list_version=20, namespace="ns")
-    assert "elsewhere" in cache.jobs
+    assert cache.apply_list([], list_version=20, covers=lambda job: job.namespace == "ns") == []
+
+
+def test_a_job_relabeled_from_one_watch_into_another_survives_either_order() -> None:
+    """A selector watch says DELETED, at the change's version, when a Job leaves its selector."""
+    left_first = ClusterCache()
+    left_first.put_job(view("a", 5))
+    left_first.delete_job("a", 9)  # left watch A's selector at version 9 ...
+    assert left_first.put_job(view("a", 9)) is not None  # ... and entered watch B's
+    assert "a" in left_first.jobs
+
+    entered_first = ClusterCache()
+    entered_first.put_job(view("a", 5))
+    entered_first.put_job(view("a", 9))  # watch B brought version 9 first
+    assert entered_first.delete_job("a", 9) is None  # watch A's DELETED is not newer
+    assert "a" in entered_first.jobs
 
 
 def test_put_reports_the_replaced_view_only_on_change() -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from jobgate.engine import Engine, EngineSettings
-from jobgate.jobs import JobView
+from jobgate.jobs import QUEUED_LABEL, JobView
 from jobgate.kube import WatchExpired
 from jobgate.metrics import Metrics
 from tests.support.manifests import job_manifest, policy_manifest
@@ -26,7 +26,10 @@ def job(name: str, rv: int) -> dict[str, Any]:
 
 
 class ScriptedApi:
-    """LISTs answer from `lists` in turn; each watch plays the next script, then waits for ever."""
+    """The policy's stream: LISTs answer from `lists` in turn; each watch plays the next script.
+
+    When the scripts are done, the watch waits for ever; so does the stream of queued Jobs.
+    """
 
     def __init__(self, lists: list[tuple[list[dict[str, Any]], int]], watches: list[list[Any]]) -> None:
         self.lists = lists
@@ -38,12 +41,17 @@ class ScriptedApi:
         return [body(policy_manifest("p", {"app": "a"}, [], 0), "policy-uid", 1)], 1
 
     async def list_jobs(self, namespace: str | None, label_selector: str | None = None) -> tuple[list[JobView], int]:
+        if label_selector == QUEUED_LABEL:
+            return [], 1
+        assert label_selector == "app=a"
         bodies, version = self.lists.pop(0)
         return [JobView.from_body(b) for b in bodies], version
 
     async def watch_jobs(
         self, namespace: str | None, label_selector: str | None, resource_version: int, timeout_seconds: int = 300
     ) -> AsyncIterator[tuple[str, Mapping[str, Any]]]:
+        if label_selector == QUEUED_LABEL:
+            await asyncio.Event().wait()
         self.watched_from.append(resource_version)
         if not self.watches:
             self.exhausted.set()
@@ -105,3 +113,76 @@ def test_a_broken_stream_is_retried_from_where_it_was() -> None:
     engine = lead_until_exhausted(api)
     assert api.watched_from == [10, 11]
     assert {j.name for j in engine.cache.jobs.values()} == {"a"}
+
+
+# --- a watch's DELETED is a deletion, or the Job left that watch's selector ---------------------
+
+
+class ReadBackApi(ScriptedApi):
+    """Answers GETs from `current` (None: no such Job), and counts them."""
+
+    def __init__(self, current: dict[str, Any] | None) -> None:
+        super().__init__(lists=[], watches=[])
+        self.current = current
+        self.reads = 0
+
+    async def get_job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        self.reads += 1
+        return self.current
+
+
+def running(name: str, rv: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return body(job_manifest(name, labels or {"app": "a"}, suspend=False), f"uid-{name}", rv)
+
+
+def deleted_after_running(current: dict[str, Any] | None) -> tuple[ReadBackApi, set[str], set[str]]:
+    """A running Job, then a watch's DELETED for it: what the cache holds before and after the read-back."""
+
+    async def scenario() -> tuple[ReadBackApi, set[str], set[str]]:
+        api = ReadBackApi(current)
+        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
+        engine.leading = True
+        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine.observe_job("ADDED", running("r", 5))
+        engine.observe_job("DELETED", running("r", 9))
+        before = set(engine.cache.jobs)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        after = set(engine.cache.jobs)
+        await engine.close()
+        return api, before, after
+
+    return asyncio.run(scenario())
+
+
+def test_a_running_job_said_deleted_keeps_its_slot_until_the_api_confirms_it_is_gone() -> None:
+    api, before, after = deleted_after_running(current=None)
+    assert before == {"uid-r"}, "counted while we do not know"
+    assert api.reads == 1
+    assert after == set()
+
+
+def test_a_running_job_relabeled_into_another_policy_keeps_its_slot() -> None:
+    api, _, after = deleted_after_running(current=running("r", 9, labels={"app": "a", "moved": "yes"}))
+    assert api.reads == 1
+    assert after == {"uid-r"}
+
+
+def test_a_running_job_relabeled_out_of_every_policy_is_forgotten() -> None:
+    api, _, after = deleted_after_running(current=running("r", 9, labels={"app": "other"}))
+    assert api.reads == 1
+    assert after == set()
+
+
+def test_a_queued_job_said_deleted_is_dropped_without_a_read() -> None:
+    async def scenario() -> tuple[int, set[str]]:
+        api = ReadBackApi(current=None)
+        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
+        engine.leading = True
+        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine.observe_job("ADDED", job("q", 5))
+        engine.observe_job("DELETED", job("q", 9))
+        await engine.close()
+        return api.reads, set(engine.cache.jobs)
+
+    assert asyncio.run(scenario()) == (0, set())

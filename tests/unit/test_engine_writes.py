@@ -118,3 +118,26 @@ def test_a_refused_admission_is_decided_again_when_the_newer_state_arrives_after
         await engine.close()
 
     asyncio.run(scenario())
+
+
+def test_a_job_said_gone_while_its_admission_is_in_flight_keeps_its_slot() -> None:
+    """Admitting takes the queued label off: that label's watch says DELETED, maybe before the patch returns."""
+
+    async def scenario() -> None:
+        api = SlowApi()
+        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
+        engine.leading = True
+        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine.observe_job(None, job(rv=5))
+        engine.cache.primed = True
+        assert [j.name for j in engine.decide_once().admit] == ["j"]
+        await settle()
+
+        engine.observe_job("DELETED", job(rv=6))  # the queued-label watch saw the admission first
+        assert "job-uid" in engine.cache.jobs
+        await api.answer.put(True)  # the patch's answer: version 6, running
+        await settle()
+        assert not engine.cache.jobs["job-uid"].suspended
+        await engine.close()
+
+    asyncio.run(scenario())

@@ -61,3 +61,19 @@ def test_resuspend_marks_the_job_as_queued_by_jobgate() -> None:
     result = jsonpatch.apply_patch(running, patches.resuspend(view(suspended=False), now=0.0))
     assert result["spec"]["suspend"] is True
     assert "jobgate.dev/queued-at" in result["metadata"]["annotations"]
+    assert result["metadata"]["labels"] == {"jobgate.dev/queued": "true"}
+
+
+def test_resuspend_adds_the_queued_label_beside_existing_labels() -> None:
+    labeled = {**BODY, "metadata": {**BODY["metadata"], "labels": {"app": "x"}}}  # type: ignore[dict-item]
+    result = jsonpatch.apply_patch(labeled, patches.resuspend(view(labels={"app": "x"}), now=0.0))
+    assert result["metadata"]["labels"] == {"app": "x", "jobgate.dev/queued": "true"}
+
+
+@pytest.mark.parametrize("decision", [lambda job: patches.admit(job, now=0.0), patches.release])
+def test_admit_and_release_take_the_job_out_of_the_queue_label(decision: object) -> None:
+    labels = {"app": "x", "jobgate.dev/queued": "true"}
+    queued = {**BODY, "metadata": {**BODY["metadata"], "labels": dict(labels)}}  # type: ignore[dict-item]
+    result = jsonpatch.apply_patch(queued, decision(view(labels=labels)))  # type: ignore[operator]
+    assert result["metadata"]["labels"] == {"app": "x"}
+    assert result["spec"]["suspend"] is False
