@@ -152,6 +152,10 @@ class Bench:
         """`apiserver_request_total` by (verb, resource, subresource), summed over codes and scopes."""
         return apiserver_request_counts(self.access.kubectl("get", "--raw", "/metrics"))
 
+    def apiserver_listed_jobs(self) -> int:
+        """How many Job objects the apiserver has returned to LISTs, from its watch cache or from etcd."""
+        return apiserver_listed_jobs(self.access.kubectl("get", "--raw", "/metrics"))
+
     # --- many requests at once, through kubernetes.aio --------------------------------------------
 
     def create_jobs(self, namespace: str, manifests: Sequence[dict[str, Any]], concurrency: int) -> float:
@@ -211,6 +215,18 @@ def apiserver_request_counts(metrics_text: str) -> Counts:
                 labels = sample.labels
                 counts[(labels["verb"], labels["resource"], labels.get("subresource", ""))] += int(sample.value)
     return counts
+
+
+LIST_RETURNED = ("apiserver_cache_list_returned_objects_total", "apiserver_storage_list_returned_objects_total")
+
+
+def apiserver_listed_jobs(metrics_text: str) -> int:
+    returned = 0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name in LIST_RETURNED and sample.labels.get("resource") == "jobs":
+                returned += int(sample.value)
+    return returned
 
 
 def operator_request_counts(metrics_text: str) -> Counts:

@@ -37,7 +37,8 @@ EXPECTED_RESULTS = {
     "scale": {
         "phases",
         "rss_bytes_per_governed_job",
-        "rss_bytes_per_ungoverned_job_without_job_selector",
+        "rss_bytes_per_ungoverned_job",
+        "ungoverned_jobs_returned_to_the_operators_lists",
         "admissions_over_limit",
     },
     "ceiling": {"raw_patch", "jobgate", "jobgate_over_ceiling"},
@@ -62,8 +63,10 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
         assert on_disk["results"].get("admissions_over_limit", []) == [], name
 
     scale = documents["scale"]["results"]["phases"]
-    assert set(scale) == {"empty", "ungoverned", "all", "all_with_job_selector"}
-    assert scale["ungoverned"]["tracked_jobs"] == 0  # correctness, not timing: ungoverned Jobs are not kept
+    assert set(scale) == {"empty", "ungoverned", "all"}
+    # Correctness, not timing: ungoverned Jobs are neither sent to the operator nor kept.
+    assert scale["ungoverned"]["tracked_jobs"] == 0
+    assert scale["ungoverned"]["jobs_returned_by_lists"] == 0
     assert documents["refill"]["results"]["decision_latency_ms"]["count"] > 0
 
     summary = (tmp_path / "README.md").read_text()
