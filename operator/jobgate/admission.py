@@ -28,10 +28,11 @@ class Governance:
     policy: ConcurrencyPolicy
     key: Key
     missing_labels: tuple[str, ...]  # keyLabels the Job lacks; they count as ""
+    # (policy, key): made once, since every decision pass looks it up for every Job.
+    slot: tuple[PolicyRef, Key] = field(init=False, compare=False)
 
-    @property
-    def slot(self) -> tuple[PolicyRef, Key]:
-        return ((self.policy.namespace, self.policy.name), self.key)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "slot", ((self.policy.namespace, self.policy.name), self.key))
 
 
 def policy_ref(policy: ConcurrencyPolicy) -> PolicyRef:
@@ -83,7 +84,8 @@ class PolicyIndex:
 
     def governance_of(self, job: JobView) -> list[Governance]:
         known = self._known.get(job.uid)
-        if known is not None and known[0] == job.labels:
+        # The same view comes back pass after pass: identity settles most lookups without comparing labels.
+        if known is not None and (known[0] is job.labels or known[0] == job.labels):
             return known[1]
         found = self.governance(job)
         self._known[job.uid] = (job.labels, found)
@@ -173,17 +175,18 @@ def plan(
     limits: dict[PolicyRef, int] = {policy_ref(p): p.spec.maxConcurrent for p in policies}
     created: dict[PolicyRef, float] = {policy_ref(p): p.created for p in policies}
 
+    governance_of = index.governance_of
     for job in jobs:
         if job.finished:
             continue
-        govs = index.governance_of(job)
-        if is_running(job, assumed):
+        govs = governance_of(job)
+        if not job.suspended or job.uid in assumed:  # is_running, inlined: this loop sees every Job
             for gov in govs:
                 running[gov.slot].append(job)
         elif not govs:
             if job.queued and job.queued_at is not None and job.admitted_at is None:
                 result.release.append(job)
-        elif is_queued(job, assumed):
+        elif not job.held:  # is_queued: suspended, not finished, not held, not assumed
             candidates.append((job, govs))
 
     # Backstop: Jobs unsuspended without our admission, after the policy existed,

@@ -28,6 +28,9 @@ from jobgate.streams import JobStream
 
 log = logging.getLogger("jobgate.engine")
 
+PACE_ABOVE_SECONDS = 0.002  # passes quicker than this follow each other at once
+PACE_AT_MOST_SECONDS = 0.05
+
 
 class ClusterApi(Protocol):
     """The API calls the engine needs; `kube.KubeApi` is the real one."""
@@ -328,7 +331,13 @@ class Engine:
             while self._streams_stale:
                 self._streams_stale = False
                 await self._follow_streams()
+            began = time.monotonic()
             self.decide_once(started)
+            spent = time.monotonic() - began
+            if spent > PACE_ABOVE_SECONDS:
+                # Under load, a pass over thousands of Jobs follows every few events: leave the loop
+                # as long again for reading watches and answers, and let the next pass take them all.
+                await asyncio.sleep(min(spent, PACE_AT_MOST_SECONDS))
 
     async def _resync_forever(self) -> None:
         while True:
@@ -354,7 +363,7 @@ class Engine:
             len(plan.resuspend),
             len(plan.release),
         )
-        self._announce(jobs, plan.running)
+        self._announce(jobs, plan)
         if plan.admit or plan.resuspend or plan.release:
             self.status.mark_dirty()
         for job in plan.admit:
@@ -468,12 +477,18 @@ class Engine:
 
     # --- events -----------------------------------------------------------------------------------
 
-    def _announce(self, jobs: list[JobView], running: Mapping[tuple[admission.PolicyRef, admission.Key], int]) -> None:
-        """Queued events and missing-label warnings, once per Job, on its first pass as queued."""
+    def _announce(self, jobs: list[JobView], plan: admission.Plan) -> None:
+        """Queued events and missing-label warnings, once per Job, on its first pass as queued.
+
+        A Job this very pass admits never waited: it gets its warnings, and no Queued event
+        (in a burst, that is one write less per key for an API server that is the bottleneck).
+        """
         fresh = [j for j in jobs if j.queued and j.uid not in self.announced and j.uid not in self.assumed]
         if not fresh:
             return
         index = self.cache.policy_index
+        running = plan.running
+        admitted_now = {job.uid for job in plan.admit}
         for job in fresh:
             govs = index.governance_of(job)
             if not govs:
@@ -493,7 +508,8 @@ class Engine:
                         f"Job lacks label(s) {', '.join(gov.missing_labels)} that policy {gov.policy.name} "
                         "keys on: it is counted under the empty value",
                     )
-            self._post(job, "Normal", "Queued", "Queued by " + "; ".join(parts))
+            if job.uid not in admitted_now:
+                self._post(job, "Normal", "Queued", "Queued by " + "; ".join(parts))
         # Forget finished and deleted Jobs so the set stays as small as the queue.
         if len(self.announced) > 2 * len(self.cache.jobs) + 1000:
             self.announced &= set(self.cache.jobs)

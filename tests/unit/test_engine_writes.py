@@ -141,3 +141,30 @@ def test_a_job_said_gone_while_its_admission_is_in_flight_keeps_its_slot() -> No
         await engine.close()
 
     asyncio.run(scenario())
+
+
+def test_only_a_job_that_waits_is_told_it_is_queued() -> None:
+    class Recording(SlowApi):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[tuple[str, str]] = []
+
+        async def post_event(self, job: JobView, type_: str, reason: str, message: str) -> None:
+            self.events.append((job.name, reason))
+
+    async def scenario() -> list[tuple[str, str]]:
+        api = Recording()
+        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
+        engine.leading = True
+        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        for name, created in (("first", "2026-01-01T00:00:00Z"), ("second", "2026-01-01T00:00:01Z")):
+            manifest = body(job_manifest(name, {"app": "a"}), f"uid-{name}", 5)
+            manifest["metadata"]["creationTimestamp"] = created
+            engine.observe_job("ADDED", manifest)
+        engine.cache.primed = True
+        assert [j.name for j in engine.decide_once().admit] == ["first"]
+        await settle()
+        await engine.close()
+        return api.events
+
+    assert asyncio.run(scenario()) == [("second", "Queued")]
