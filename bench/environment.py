@@ -65,3 +65,10 @@ def process_memory_kib(pid: int) -> dict[str, int]:
             if name in ("VmRSS", "VmHWM"):
                 found[name] = int(rest.split()[0])
     return {"rss_kib": found["VmRSS"], "peak_rss_kib": found["VmHWM"]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 import urllib.request
 from collections import Counter
@@ -24,6 +25,7 @@ import kubernetes.aio.client
 import kubernetes.client
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.environment import cpu_seconds
 from jobgate.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
 from localcluster.access import ClusterAccess
 from localcluster.build import ensure_binaries
@@ -151,6 +153,15 @@ class Bench:
     def apiserver_requests(self) -> Counts:
         """`apiserver_request_total` by (verb, resource, subresource), summed over codes and scopes."""
         return apiserver_request_counts(self.access.kubectl("get", "--raw", "/metrics"))
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by each control-plane component, the operators, and this load generator."""
+        used = {c.name: cpu_seconds(c.pid) for c in self.cluster.components if c.process is not None}
+        for operator in self.operators:
+            if operator.process is not None and operator.process.poll() is None:
+                used["jobgate"] = used.get("jobgate", 0.0) + cpu_seconds(operator.process.pid)
+        used["load generator and watch (bench)"] = cpu_seconds(os.getpid())
+        return used
 
     def apiserver_listed_jobs(self) -> int:
         """How many Job objects the apiserver has returned to LISTs, from its watch cache or from etcd."""

@@ -55,6 +55,7 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
                 )
                 for i in range(params.jobs)
             ]
+            cpu_before = bench.cpu_seconds()
             t0 = time.monotonic()
             create_seconds = bench.create_jobs(namespace, manifests, params.create_concurrency)
             wait_until(
@@ -63,6 +64,10 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
                 params.timeout_seconds,
                 interval=0.1,
             )
+            # What each process used of the 2 CPUs until then: what bounds the rate.
+            window = time.monotonic() - t0
+            shares = {name: (used - cpu_before.get(name, 0.0)) / window for name, used in bench.cpu_seconds().items()}
+            cpu_share = {name: round(share, 2) for name, share in sorted(shares.items(), key=lambda item: -item[1])}
             # Then a while longer, to see refills begin; the rest would only time the control plane.
             time.sleep(params.tail_seconds)
             memory = process_memory_kib(operator_pid(operator))
@@ -92,6 +97,7 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
         "finished_by_the_end": sum(1 for c in changes if c.after == "finished"),
         "peak_running_per_key": peak,
         "admissions_over_limit": over_limit,
+        "cpu_share_until_every_key_runs": cpu_share,  # CPU-seconds per second, by process
         "operator_rss_kib_at_end": memory["rss_kib"],
         "operator_peak_rss_kib": memory["peak_rss_kib"],
     }
@@ -108,6 +114,12 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
             "(no target)",
             f"{every_key:.1f} s after the first create ({results['seconds_from_last_create_until_every_key_runs']} s "
             "after the last)",
+            None,
+        ),
+        target(
+            "CPU used until every key runs (of 2 CPUs)",
+            "(what bounds the rate)",
+            ", ".join(f"{name} {share * 100:.0f} %" for name, share in cpu_share.items()),
             None,
         ),
         target(
