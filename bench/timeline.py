@@ -175,6 +175,18 @@ def run_times(changes: Iterable[Change]) -> list[float]:
     return durations
 
 
+def work_per_key(changes: Iterable[Change]) -> dict[str, float]:
+    """Per key, the seconds its Jobs were seen running, summed: the slot time its work took."""
+    started: dict[str, float] = {}
+    work: dict[str, float] = defaultdict(float)
+    for change in changes:
+        if change.after == "running":
+            started[change.name] = change.at
+        elif change.after == "finished" and change.name in started:
+            work[change.key] += change.at - started.pop(change.name)
+    return dict(work)
+
+
 def admissions(changes: Iterable[Change]) -> list[float]:
     """When each admission by jobgate was seen: a queued Job seen running with jobgate's annotation."""
     return [c.at for c in changes if c.after == "running" and c.before == "queued" and c.admitted_at is not None]

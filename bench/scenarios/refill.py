@@ -92,6 +92,9 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
     admitted = timeline.admissions(after_t0)
     first_round = sorted(admitted)[: min(len(admitted), params.keys * params.limit)]
 
+    # The ideal again, from what each key's Jobs really took: its slot time over its slots. Only
+    # waiting between Jobs (jobgate's part) and uneven slots can put the makespan above the busiest.
+    busiest_work = max(timeline.work_per_key(after_t0).values()) / params.limit
     reacting = timeline.summary([at - r.freed for r, at in decided], scale=1000)
     writing = timeline.summary([r.seen - at for r, at in decided], scale=1000)
     results = {
@@ -102,6 +105,8 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
         "job_run_time_seconds": timeline.summary(run_times, digits=3),
         "ideal_with_measured_run_time_seconds": round(rounds * mean_run, 2),
         "makespan_over_ideal_with_measured_run_time": round(makespan / (rounds * mean_run), 3),
+        "busiest_key_run_time_per_slot_seconds": round(busiest_work, 2),
+        "makespan_over_busiest_key_run_time_per_slot": round(makespan / busiest_work, 3),
         "utilisation_while_queued": None if util is None else round(util, 4),
         "decision_latency_ms": latency,
         # Split at jobgate's admitted-at (its clock when it decided): reacting, then writing and being seen.
@@ -142,6 +147,12 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
             "≤ 105 % of ideal",
             f"{makespan:.1f} s vs {rounds * mean_run:.1f} s ({makespan / (rounds * mean_run):.2f}x)",
             makespan <= 1.05 * rounds * mean_run,
+        ),
+        target(
+            "makespan vs the busiest key's own Jobs (their run times seen, over its slots)",
+            "≤ 105 % of ideal",
+            f"{makespan:.1f} s vs {busiest_work:.1f} s ({makespan / busiest_work:.2f}x)",
+            makespan <= 1.05 * busiest_work,
         ),
         target(
             "never over the limit",
