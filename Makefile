@@ -55,7 +55,7 @@ crds: $(STAMP)
 	$(PY) -m jobgate.crd > crds/concurrencypolicies.jobgate.dev.yaml
 	$(PY) -m jobgate.crd --update-readme
 
-# Runs every scenario at its default size and rewrites bench/results/ (about 12 minutes here);
+# Runs every scenario at its default size and rewrites bench/results/ (about 10 minutes here);
 # then the refill scenario once more at a tenth of the size, where the control plane is not saturated.
 bench: binaries
 	$(PY) -m pip install -q -e '.[bench]'
