@@ -205,6 +205,20 @@ def test_a_running_job_relabeled_into_another_policy_holds_a_slot_there(scenario
     assert_never_over_admitted(scenario.watch)
 
 
+def test_many_policies_each_with_its_own_watch_still_admit(scenario: Scenario) -> None:
+    """One watch per distinct selector, each holding a connection: 120 of them must not starve the writes."""
+    for i in range(120):
+        scenario.policy(f"tenant-{i:03d}", {"tenant": f"t{i:03d}"}, [], 1)
+    scenario.start_operator()
+    scenario.job("last-tenant-1", {"tenant": "t119"})
+    scenario.job("last-tenant-2", {"tenant": "t119"})
+    scenario.job("first-tenant", {"tenant": "t000"})
+    scenario.watch.wait_for(
+        lambda w: w.finished("last-tenant-1", "last-tenant-2", "first-tenant"), "the tenants' Jobs admitted in turn"
+    )
+    assert_never_over_admitted(scenario.watch)
+
+
 def test_jobs_running_before_the_policy_count_and_are_left_alone(scenario: Scenario) -> None:
     early = [f"early-{i}" for i in range(3)]
     for name in early:

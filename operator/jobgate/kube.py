@@ -57,6 +57,10 @@ async def connect(kubeconfig: str | None = None, context: str | None = None) -> 
     if not loaded:
         await aio_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
     settle_proxy_once(configuration)
+    # Each Job watch (one per distinct policy selector) holds a pooled connection for as long as
+    # it runs: a bounded pool would let many policies starve admissions. Writes are bounded by
+    # the engine's own limits instead.
+    configuration.connection_pool_maxsize = 0
     return aio_client.ApiClient(configuration)
 
 
