@@ -31,8 +31,8 @@ from localcluster.access import ClusterAccess
 from localcluster.build import ensure_binaries
 from localcluster.cluster import NODE_CAPACITY, LocalCluster
 from localcluster.jobwatch import JobWatch
+from localcluster.manifests import policy_manifest
 from localcluster.operator_process import CRD_FILE, OperatorProcess
-from tests.support.manifests import policy_manifest
 
 # The controller-manager's and scheduler's clients default to 20 and 50 requests/s: at a few
 # hundred Jobs per second they, not jobgate, would set the pace. The apiserver's in-flight limits

@@ -18,8 +18,8 @@ from kubernetes.client import ApiException
 
 from jobgate.policy import GROUP, PLURAL, VERSION
 from localcluster.access import ClusterAccess
+from localcluster.manifests import job_manifest
 from tests.support import chart
-from tests.support.manifests import job_manifest
 from tests.support.scenario import LEASE, Scenario, assert_never_over_admitted
 
 pytestmark = pytest.mark.cluster

@@ -22,8 +22,8 @@ import yaml
 
 from jobgate.jobs import HOLD, PRIORITY
 from localcluster.access import ClusterAccess
+from localcluster.manifests import job_manifest, policy_manifest
 from tests.support.crd import crd  # noqa: F401  (the fixture)
-from tests.support.manifests import job_manifest, policy_manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crd")]
 

@@ -12,7 +12,7 @@ import pytest
 from jobgate import kube
 from jobgate.metrics import Metrics
 from localcluster.access import ClusterAccess
-from tests.support.manifests import job_manifest
+from localcluster.manifests import job_manifest
 
 pytestmark = pytest.mark.cluster
 

@@ -18,8 +18,8 @@ from pytest_kind import KindCluster
 
 from jobgate.jobs import QUEUED_AT
 from localcluster.access import ClusterAccess, ToolError
+from localcluster.manifests import job_manifest
 from tests.support import chart
-from tests.support.manifests import job_manifest
 from tests.support.scenario import Scenario, assert_never_over_admitted
 
 pytestmark = [

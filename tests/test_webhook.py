@@ -20,9 +20,9 @@ from kubernetes.client import ApiException
 from jobgate.handlers import WEBHOOK_ID
 from jobgate.jobs import QUEUED_AT, QUEUED_LABEL
 from localcluster.access import ClusterAccess
+from localcluster.manifests import job_manifest
 from localcluster.operator_process import OperatorProcess, free_port
 from tests.support.chart import webhook_configuration_at_url
-from tests.support.manifests import job_manifest
 from tests.support.metrics import samples, value
 from tests.support.scenario import Scenario, assert_never_over_admitted
 from tests.support.waiting import watch_until

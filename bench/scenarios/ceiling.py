@@ -19,7 +19,7 @@ from bench import timeline
 from bench.harness import JSON_PATCH, Bench, Request, wait_until
 from bench.scenarios import Document, target
 from jobgate import patches
-from tests.support.manifests import job_manifest
+from localcluster.manifests import job_manifest
 
 LABEL, KEY = "bench", "key"
 RV = "/metadata/resourceVersion"

@@ -18,7 +18,7 @@ from bench import timeline
 from bench.environment import process_memory_kib
 from bench.harness import Bench, Counts, operator_pid, operator_request_counts, wait_until
 from bench.scenarios import Document, ms, target
-from tests.support.manifests import job_manifest
+from localcluster.manifests import job_manifest
 
 LABEL, KEY = "bench", "key"
 

@@ -23,7 +23,7 @@ from bench import timeline
 from bench.environment import process_memory_kib
 from bench.harness import Bench, operator_pid, operator_probes, wait_until
 from bench.scenarios import Document, target
-from tests.support.manifests import job_manifest
+from localcluster.manifests import job_manifest
 
 LABEL, KEY = "bench", "key"
 RUNS_FOR = "3600s"  # admitted Jobs keep their slots: the queue stays as it was

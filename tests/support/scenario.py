@@ -18,8 +18,8 @@ from kubernetes.client import ApiException
 from jobgate.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
 from localcluster.access import ClusterAccess
 from localcluster.jobwatch import JobWatch
+from localcluster.manifests import job_manifest, policy_manifest
 from localcluster.operator_process import OperatorProcess
-from tests.support.manifests import job_manifest, policy_manifest
 from tests.support.waiting import poll_until, watch_until
 
 LEASE = "jobgate-leader"  # `jobgate run --lease-name`'s default, and the chart's for release "jobgate"

@@ -10,7 +10,7 @@ from jobgate.engine import Engine, EngineSettings
 from jobgate.jobs import JobView
 from jobgate.metrics import Metrics
 from jobgate.patches import JsonPatch
-from tests.support.manifests import job_manifest, policy_manifest
+from localcluster.manifests import job_manifest, policy_manifest
 
 NS = "ns"
 

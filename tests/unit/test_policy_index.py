@@ -8,7 +8,7 @@ from jobgate.admission import PolicyIndex, plan
 from jobgate.cache import ClusterCache
 from jobgate.jobs import JobView
 from jobgate.policy import ConcurrencyPolicy
-from tests.support.manifests import policy_manifest
+from localcluster.manifests import policy_manifest
 
 
 def policy(limit: int = 1) -> ConcurrencyPolicy:

@@ -7,7 +7,7 @@ from typing import Any
 from jobgate.jobs import QUEUED_LABEL, JobView
 from jobgate.policy import ConcurrencyPolicy
 from jobgate.streams import JobStream, wanted
-from tests.support.manifests import policy_manifest
+from localcluster.manifests import policy_manifest
 
 
 def policy(name: str, namespace: str, selector: dict[str, Any]) -> ConcurrencyPolicy:

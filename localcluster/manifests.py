@@ -1,4 +1,4 @@
-"""Manifests of the policies and Jobs that tests create."""
+"""Manifests of ConcurrencyPolicies and of Jobs that kwok runs on the local control plane (tests, benchmarks)."""
 
 from __future__ import annotations
 
