@@ -127,8 +127,7 @@ class Engine:
         else:
             changed = self._store(view)
         if changed:
-            self.status.mark_dirty()
-            self.wake()
+            self.changed()
 
     def _store(self, view: JobView) -> bool:
         """Keep the newest state of a Job that matters, forget one that stopped mattering.
@@ -193,8 +192,7 @@ class Engine:
             else:
                 changed = self._store(JobView.from_body(body))
             if changed:
-                self.status.mark_dirty()
-                self.wake()
+                self.changed()
 
         self._spawn(confirm())
 
@@ -211,6 +209,10 @@ class Engine:
         after = self.cache.policies.get(ref)
         if before is None or after is None or before.spec.selector != after.spec.selector:
             self._streams_stale = True  # the next pass first watches (and lists) what it now selects
+        self.changed()
+
+    def changed(self) -> None:
+        """What jobgate knows changed: decide again, and write the policies' status."""
         self.status.mark_dirty()
         self.wake()
 
@@ -261,8 +263,7 @@ class Engine:
                 uid for uid, job in self.cache.jobs.items() if job.suspended and job.created < int(self.started)
             )
         self.cache.primed = True
-        self.status.mark_dirty()
-        self.wake()
+        self.changed()
 
     async def _follow_streams(self, relist: bool = False) -> None:
         """Watch what the policies select now: a new stream is listed before the next decision."""
@@ -289,8 +290,7 @@ class Engine:
         missing = self.cache.apply_list(views, version, stream.covers, self._keeps)
         log.debug("listed %d %s at version %d: keeping %d in all", len(views), stream, version, len(self.cache.jobs))
         if sum(self._gone_from_a_watch(job, version, deleted=False) for job in missing):
-            self.status.mark_dirty()
-            self.wake()
+            self.changed()
         return version
 
     async def _watch_jobs(self, stream: JobStream, version: int) -> None:
@@ -401,7 +401,7 @@ class Engine:
         if said_gone_at is None or cached is None or cached.resource_version >= said_gone_at:
             return
         if self._gone_from_a_watch(cached, said_gone_at, deleted=False):
-            self.wake()
+            self.changed()
 
     # --- writes -----------------------------------------------------------------------------------
 

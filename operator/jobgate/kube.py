@@ -107,20 +107,33 @@ class KubeApi:
         timeout: float | None = None,
     ) -> tuple[int, Any]:
         method = {"list": "GET", "get": "GET", "patch": "PATCH", "create": "POST", "update": "PUT"}[verb]
-        serialized = await self.client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()),
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = await self.client.call_api(*serialized, _request_timeout=timeout)
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        response = await self._send(method, path, query, headers, body, timeout)
         data = await response.read()
         self.metrics.api_requests.labels(verb, resource, str(response.status)).inc()
         if not 200 <= response.status < 300:
             raise ApiError(response.status, method, path, data.decode(errors="replace"))
         return response.status, json.loads(data) if data else None
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        body: Any = None,
+        timeout: float | aiohttp.ClientTimeout | None = None,
+    ) -> Any:
+        """The client's response, its body not read yet."""
+        serialized = await self.client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params=dict(headers),
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        return await self.client.call_api(*serialized, _request_timeout=timeout)
 
     async def _list(
         self,
@@ -172,17 +185,10 @@ class KubeApi:
         }
         if label_selector:
             query["labelSelector"] = label_selector
-        serialized = await self.client.param_serialize(
-            method="GET",
-            resource_path=path,
-            query_params=list(query.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
         # No total timeout: the server ends the stream after timeout_seconds; a silent connection
         # (no event, no bookmark for a minute past that) is dead.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 60)
-        response = await self.client.call_api(*serialized, _request_timeout=timeout)
+        response = await self._send("GET", path, query, {"Accept": "application/json"}, timeout=timeout)
         self.metrics.api_requests.labels("watch", "jobs", str(response.status)).inc()
         stream: aiohttp.ClientResponse = response.response
         try:

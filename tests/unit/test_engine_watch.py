@@ -131,6 +131,14 @@ class ReadBackApi(ScriptedApi):
         return self.current
 
 
+def leading_engine(api: ReadBackApi) -> Engine:
+    """An engine that leads, with policy p known: one slot for the Jobs labeled app=a."""
+    engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
+    engine.leading = True
+    engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+    return engine
+
+
 def running(name: str, rv: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return body(job_manifest(name, labels or {"app": "a"}, suspend=False), f"uid-{name}", rv)
 
@@ -140,9 +148,7 @@ def deleted_after_running(current: dict[str, Any] | None) -> tuple[ReadBackApi, 
 
     async def scenario() -> tuple[ReadBackApi, set[str], set[str]]:
         api = ReadBackApi(current)
-        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
-        engine.leading = True
-        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine = leading_engine(api)
         engine.observe_job("ADDED", running("r", 5))
         engine.observe_job("DELETED", running("r", 9))
         before = set(engine.cache.jobs)
@@ -177,9 +183,7 @@ def test_a_running_job_relabeled_out_of_every_policy_is_forgotten() -> None:
 def test_a_queued_job_said_deleted_is_dropped_without_a_read() -> None:
     async def scenario() -> tuple[int, set[str]]:
         api = ReadBackApi(current=None)
-        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
-        engine.leading = True
-        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine = leading_engine(api)
         engine.observe_job("ADDED", job("q", 5))
         engine.observe_job("DELETED", job("q", 9))
         await engine.close()

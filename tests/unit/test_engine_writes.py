@@ -43,6 +43,14 @@ class SlowApi:
         pass
 
 
+def leading_engine(api: SlowApi) -> Engine:
+    """An engine that leads, with policy p known: one slot for the Jobs labeled app=a."""
+    engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
+    engine.leading = True
+    engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+    return engine
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -51,9 +59,7 @@ async def settle() -> None:
 def test_a_refused_admission_is_decided_again_on_the_state_that_arrived_meanwhile() -> None:
     async def scenario() -> None:
         api = SlowApi()
-        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
-        engine.leading = True
-        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
         engine.cache.primed = True
 
@@ -80,9 +86,7 @@ def test_a_refused_admission_is_decided_again_on_the_state_that_arrived_meanwhil
 
 
 def test_status_writes_that_change_nothing_decided_wake_no_pass() -> None:
-    engine = Engine(SlowApi(), EngineSettings(), Metrics())  # type: ignore[arg-type]
-    engine.leading = True
-    engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+    engine = leading_engine(SlowApi())
     engine.observe_job(None, job(rv=5, suspended=False))
     engine._wake.clear()
 
@@ -99,9 +103,7 @@ def test_status_writes_that_change_nothing_decided_wake_no_pass() -> None:
 def test_a_refused_admission_is_decided_again_when_the_newer_state_arrives_after_the_refusal() -> None:
     async def scenario() -> None:
         api = SlowApi()
-        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
-        engine.leading = True
-        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
         engine.cache.primed = True
         engine.decide_once()
@@ -125,9 +127,7 @@ def test_a_job_said_gone_while_its_admission_is_in_flight_keeps_its_slot() -> No
 
     async def scenario() -> None:
         api = SlowApi()
-        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
-        engine.leading = True
-        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
         engine.cache.primed = True
         assert [j.name for j in engine.decide_once().admit] == ["j"]
@@ -154,9 +154,7 @@ def test_only_a_job_that_waits_is_told_it_is_queued() -> None:
 
     async def scenario() -> list[tuple[str, str]]:
         api = Recording()
-        engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
-        engine.leading = True
-        engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
+        engine = leading_engine(api)
         for name, created in (("first", "2026-01-01T00:00:00Z"), ("second", "2026-01-01T00:00:01Z")):
             manifest = body(job_manifest(name, {"app": "a"}), f"uid-{name}", 5)
             manifest["metadata"]["creationTimestamp"] = created
