@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -m "not cluster"
+	$(PY) -m pytest -q -m "not cluster and not binaries"
 
 # Two workers, each with its own local control plane: most of a cluster test is waiting on kwok.
 TEST_WORKERS ?= 2
@@ -52,8 +52,8 @@ demo: binaries
 	$(PY) -m localcluster.demo
 
 crds: $(STAMP)
-	$(PY) -m jobgate.crd > crds/concurrencypolicies.jobgate.dev.yaml
-	$(PY) -m jobgate.crd --update-readme
+	$(PY) -m jobgate._build.crd > crds/concurrencypolicies.jobgate.dev.yaml
+	$(PY) -m jobgate._build.crd --update-readme
 
 # Runs every scenario at its default size and rewrites bench/results/ (about 10 minutes here);
 # then the refill scenario once more at a tenth of the size, where the control plane is not saturated.

@@ -26,7 +26,7 @@ import kubernetes.client
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.environment import cpu_seconds
-from jobgate.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
+from jobgate.core.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
 from localcluster.access import ClusterAccess
 from localcluster.build import ensure_binaries
 from localcluster.cluster import NODE_CAPACITY, LocalCluster

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from jobgate.jobs import JobView
+from jobgate.core.jobs import JobView
 
 State = Literal["queued", "running", "held", "finished"]
 MAX_POINTS = 600  # per plotted series: enough for a smooth line, small in JSON

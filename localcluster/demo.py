@@ -18,7 +18,7 @@ from pathlib import Path
 import kubernetes.client
 import yaml
 
-from jobgate.policy import ConcurrencyPolicy
+from jobgate.core.policy import ConcurrencyPolicy
 from localcluster.build import BuildError, ensure_binaries
 from localcluster.cluster import ClusterStartError, LocalCluster
 from localcluster.jobwatch import JobWatch

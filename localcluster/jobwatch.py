@@ -15,9 +15,9 @@ from typing import Any
 import kubernetes.client
 import kubernetes.watch
 
-from jobgate.admission import governance
-from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy
+from jobgate.core.admission import governance
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy
 
 Slot = tuple[str, tuple[str, ...]]
 

@@ -70,6 +70,13 @@ def namespace(cluster: ClusterAccess, request: pytest.FixtureRequest) -> Iterato
     cluster.delete_namespace(name)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run a built binary (helm) are `binaries` tests: `make unit` runs without any."""
+    for item in items:
+        if "helm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.binaries)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if START_TIME in config.stash:
         terminalreporter.write_line(f"local control plane started in {config.stash[START_TIME]:.1f}s")

@@ -23,7 +23,7 @@ from cryptography import x509
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from jobgate.handlers import WEBHOOK_ID
+from jobgate.service.handlers import WEBHOOK_ID
 from localcluster.build import bin_dir
 from tests.support import chart
 from tests.support.chart import CHART, RELEASE, ROOT, Manifest, run_helm

@@ -16,7 +16,7 @@ import kubernetes.client
 import pytest
 from kubernetes.client import ApiException
 
-from jobgate.policy import GROUP, PLURAL, VERSION
+from jobgate.core.policy import GROUP, PLURAL, VERSION
 from localcluster.access import ClusterAccess
 from localcluster.manifests import job_manifest
 from tests.support import chart

@@ -20,7 +20,7 @@ import kubernetes.client
 import pytest
 import yaml
 
-from jobgate.jobs import HOLD, PRIORITY
+from jobgate.core.jobs import HOLD, PRIORITY
 from localcluster.access import ClusterAccess
 from localcluster.manifests import job_manifest, policy_manifest
 from tests.support.crd import crd  # noqa: F401  (the fixture)

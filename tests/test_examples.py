@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobgate.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
+from jobgate.core.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
 from localcluster.operator_process import REPO
 from tests.support.scenario import Scenario, assert_never_over_admitted
 

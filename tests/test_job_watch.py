@@ -9,8 +9,8 @@ from typing import Any
 import kubernetes
 import pytest
 
-from jobgate import kube
-from jobgate.metrics import Metrics
+from jobgate.kube import api as kube
+from jobgate.telemetry.metrics import Metrics
 from localcluster.access import ClusterAccess
 from localcluster.manifests import job_manifest
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pytest_kind import KindCluster
 
-from jobgate.jobs import QUEUED_AT
+from jobgate.core.jobs import QUEUED_AT
 from localcluster.access import ClusterAccess, ToolError
 from localcluster.manifests import job_manifest
 from tests.support import chart

@@ -17,8 +17,8 @@ import kubernetes.client
 import pytest
 from kubernetes.client import ApiException
 
-from jobgate.handlers import WEBHOOK_ID
-from jobgate.jobs import QUEUED_AT, QUEUED_LABEL
+from jobgate.core.jobs import QUEUED_AT, QUEUED_LABEL
+from jobgate.service.handlers import WEBHOOK_ID
 from localcluster.access import ClusterAccess
 from localcluster.manifests import job_manifest
 from localcluster.operator_process import OperatorProcess, free_port

@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import timeline
 from bench.harness import JSON_PATCH, Bench, Request, wait_until
 from bench.scenarios import Document, target
-from jobgate import patches
+from jobgate.core import patches
 from localcluster.manifests import job_manifest
 
 LABEL, KEY = "bench", "key"

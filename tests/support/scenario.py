@@ -15,7 +15,7 @@ import kubernetes.client
 import pytest
 from kubernetes.client import ApiException
 
-from jobgate.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
+from jobgate.core.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
 from localcluster.access import ClusterAccess
 from localcluster.jobwatch import JobWatch
 from localcluster.manifests import job_manifest, policy_manifest

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy, LabelSelector, PolicySpec
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, PolicySpec
 
 NS = "billing"
 

@@ -7,9 +7,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobgate.admission import governance, plan, tally
-from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy
+from jobgate.core.admission import governance, plan, tally
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy
 from tests.support.views import NS, job, policy
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from jobgate.cache import ClusterCache
-from jobgate.jobs import JobView
+from jobgate.core.jobs import JobView
+from jobgate.engine.cache import ClusterCache
 
 
 def view(uid: str, rv: int, *, suspended: bool = True, namespace: str = "ns") -> JobView:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobgate.crd import CRD_FILE, render_crd, render_crd_yaml, render_reference_markdown
+from jobgate._build.crd import CRD_FILE, render_crd, render_crd_yaml, render_reference_markdown
 
 
 def test_the_committed_crd_is_not_stale() -> None:

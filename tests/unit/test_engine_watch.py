@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from jobgate.engine import Engine, EngineSettings
-from jobgate.jobs import QUEUED_LABEL, JobView
-from jobgate.kube import WatchExpired
-from jobgate.metrics import Metrics
+from jobgate.core.jobs import QUEUED_LABEL, JobView
+from jobgate.engine.engine import Engine, EngineSettings
+from jobgate.kube.api import WatchExpired
+from jobgate.telemetry.metrics import Metrics
 from localcluster.manifests import job_manifest, policy_manifest
 
 NS = "ns"

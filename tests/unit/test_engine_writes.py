@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from jobgate.engine import Engine, EngineSettings
-from jobgate.jobs import JobView
-from jobgate.metrics import Metrics
-from jobgate.patches import JsonPatch
+from jobgate.core.jobs import JobView
+from jobgate.core.patches import JsonPatch
+from jobgate.engine.engine import Engine, EngineSettings
+from jobgate.telemetry.metrics import Metrics
 from localcluster.manifests import job_manifest, policy_manifest
 
 NS = "ns"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kubernetes.aio import client as aio_client
 
-from jobgate.kube import settle_proxy_once
+from jobgate.kube.api import settle_proxy_once
 
 
 def configuration(host: str = "https://api.example.com:6443", proxy: str | None = None) -> aio_client.Configuration:

@@ -7,8 +7,8 @@ import contextlib
 import copy
 from typing import Any, cast
 
-from jobgate.kube import ApiError, KubeApi
-from jobgate.leader import Leadership, LeaseTiming
+from jobgate.kube.api import ApiError, KubeApi
+from jobgate.kube.lease import Leadership, LeaseTiming
 
 TIMING = LeaseTiming(lease_seconds=3, renew_seconds=2, retry_seconds=0.05)
 

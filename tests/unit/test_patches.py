@@ -5,8 +5,8 @@ from __future__ import annotations
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
 
-from jobgate import patches
-from jobgate.jobs import JobView
+from jobgate.core import patches
+from jobgate.core.jobs import JobView
 
 BODY = {
     "metadata": {"uid": "u1", "resourceVersion": "42", "name": "j", "namespace": "ns", "annotations": {"x": "y"}},

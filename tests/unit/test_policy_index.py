@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from jobgate.admission import PolicyIndex, plan
-from jobgate.cache import ClusterCache
-from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy
+from jobgate.core.admission import PolicyIndex, plan
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy
+from jobgate.engine.cache import ClusterCache
 from localcluster.manifests import policy_manifest
 
 

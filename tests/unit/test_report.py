@@ -10,12 +10,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobgate.admission import plan
-from jobgate.cli import build_parser
-from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement
-from jobgate.render import Report, human_duration, render, use_colour
-from jobgate.report import queue_report, selector_mismatch, status_report, why_report
+from jobgate.cli.main import build_parser
+from jobgate.cli.render import Report, human_duration, render, use_colour
+from jobgate.cli.report import queue_report, selector_mismatch, status_report, why_report
+from jobgate.core.admission import plan
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement
 from tests.support.views import NS, job, policy
 
 NOW = 10_000.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobgate.jobs import QUEUED_LABEL, JobView
-from jobgate.policy import ConcurrencyPolicy
-from jobgate.streams import JobStream, wanted
+from jobgate.core.jobs import QUEUED_LABEL, JobView
+from jobgate.core.policy import ConcurrencyPolicy
+from jobgate.engine.watches import JobStream, wanted
 from localcluster.manifests import policy_manifest
 
 

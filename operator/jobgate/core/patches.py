@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobgate.jobs import ADMITTED_AT, QUEUED_AT, QUEUED_LABEL, JobView
-from jobgate.timestamps import format_timestamp
+from jobgate.core.jobs import ADMITTED_AT, QUEUED_AT, QUEUED_LABEL, JobView
+from jobgate.core.timestamps import format_timestamp
 
 JsonPatch = list[dict[str, Any]]
 

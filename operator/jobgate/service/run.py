@@ -14,11 +14,12 @@ from typing import Any
 
 import kopf
 
-from jobgate import handlers, kube
-from jobgate.engine import Engine, EngineSettings
-from jobgate.leader import Leadership, LeaseTiming
-from jobgate.logs import setup_logging
-from jobgate.metrics import Metrics
+from jobgate.engine.engine import Engine, EngineSettings
+from jobgate.kube import api as kube
+from jobgate.kube.lease import Leadership, LeaseTiming
+from jobgate.service import handlers
+from jobgate.telemetry.logs import setup_logging
+from jobgate.telemetry.metrics import Metrics
 
 log = logging.getLogger("jobgate")
 

@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from jobgate import admission, patches, streams
-from jobgate.cache import ClusterCache
-from jobgate.jobs import JobView
-from jobgate.kube import WatchExpired
-from jobgate.metrics import Metrics
-from jobgate.policy import ConcurrencyPolicy
-from jobgate.status import StatusWriter
-from jobgate.streams import JobStream
+from jobgate.core import admission, patches
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy
+from jobgate.engine import watches
+from jobgate.engine.cache import ClusterCache
+from jobgate.engine.status import StatusWriter
+from jobgate.engine.watches import JobStream
+from jobgate.kube.api import WatchExpired
+from jobgate.telemetry.metrics import Metrics
 
 log = logging.getLogger("jobgate.engine")
 
@@ -268,7 +269,7 @@ class Engine:
     async def _follow_streams(self, relist: bool = False) -> None:
         """Watch what the policies select now: a new stream is listed before the next decision."""
         async with self._streams_lock:
-            wanted = streams.wanted(self.cache.policies.values(), self._scopes(), self.settings.job_selector)
+            wanted = watches.wanted(self.cache.policies.values(), self._scopes(), self.settings.job_selector)
             for stream in self._streams.keys() - wanted:
                 self._streams.pop(stream).cancel()
                 log.info("stopped watching %s", stream)

@@ -13,9 +13,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy
-from jobgate.selectors import matches
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy
+from jobgate.core.selectors import matches
 
 Key = tuple[str, ...]
 PolicyRef = tuple[str, str]  # (namespace, name)

@@ -14,7 +14,7 @@ from typing import Literal, TextIO
 
 import yaml
 
-from jobgate.report import (
+from jobgate.cli.report import (
     PolicySummary,
     QueueReport,
     StatusReport,

@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from jobgate.policy import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, PolicySpec, PolicyStatus
+from jobgate.core.policy import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, PolicySpec, PolicyStatus
 
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / f"{PLURAL}.{GROUP}.yaml"
+CRD_FILE = Path(__file__).resolve().parents[3] / "crds" / f"{PLURAL}.{GROUP}.yaml"
 
 PRINTER_COLUMNS = [
     {

@@ -18,11 +18,11 @@ import aiohttp
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
 
-from jobgate.jobs import JobView
-from jobgate.metrics import Metrics
-from jobgate.patches import JsonPatch
-from jobgate.policy import GROUP, PLURAL, VERSION
-from jobgate.timestamps import format_kubernetes_time
+from jobgate.core.jobs import JobView
+from jobgate.core.patches import JsonPatch
+from jobgate.core.policy import GROUP, PLURAL, VERSION
+from jobgate.core.timestamps import format_kubernetes_time
+from jobgate.telemetry.metrics import Metrics
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from jobgate import admission
-from jobgate.jobs import HOLD, JobView
-from jobgate.policy import ConcurrencyPolicy, LabelSelector
+from jobgate.core import admission
+from jobgate.core.jobs import HOLD, JobView
+from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
 
 Slot = Literal["free", "taken", "full", "paused"]
 State = Literal["running", "finished", "held", "queued", "suspended"]

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from jobgate import run
-from jobgate.render import OUTPUTS, Report, render, use_colour
-from jobgate.report import queue_report, status_report, why_report
-from jobgate.snapshot import Cluster, NotFound, Unreachable, connect
+from jobgate.cli.reader import Cluster, NotFound, Unreachable, connect
+from jobgate.cli.render import OUTPUTS, Report, render, use_colour
+from jobgate.cli.report import queue_report, status_report, why_report
+from jobgate.service import run
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1

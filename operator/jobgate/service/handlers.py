@@ -16,10 +16,10 @@ from typing import Any
 
 import kopf
 
-from jobgate.engine import Engine
-from jobgate.jobs import QUEUED_AT, QUEUED_LABEL
-from jobgate.policy import GROUP, PLURAL, VERSION
-from jobgate.timestamps import format_timestamp
+from jobgate.core.jobs import QUEUED_AT, QUEUED_LABEL
+from jobgate.core.policy import GROUP, PLURAL, VERSION
+from jobgate.core.timestamps import format_timestamp
+from jobgate.engine.engine import Engine
 
 WEBHOOK_ID = "suspend-governed-jobs"
 WEBHOOK_PRIME_TIMEOUT = 5.0

@@ -22,8 +22,8 @@ import urllib3
 from kubernetes.client import ApiException
 from kubernetes.config import ConfigException
 
-from jobgate.jobs import JobView
-from jobgate.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
 
 LIST_PAGE = 500
 TIMEOUT = (10.0, 60.0)  # connect, read

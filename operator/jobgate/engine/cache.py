@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from jobgate.admission import PolicyIndex
-from jobgate.jobs import JobView
-from jobgate.policy import ConcurrencyPolicy
+from jobgate.core.admission import PolicyIndex
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy
 
 PolicyRef = tuple[str, str]
 

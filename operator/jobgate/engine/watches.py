@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from jobgate.jobs import QUEUED_LABEL, JobView
-from jobgate.policy import ConcurrencyPolicy, LabelSelector
-from jobgate.selectors import matches, to_label_selector_string
+from jobgate.core.jobs import QUEUED_LABEL, JobView
+from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
+from jobgate.core.selectors import matches, to_label_selector_string
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobgate.timestamps import parse_timestamp
+from jobgate.core.timestamps import parse_timestamp
 
 GROUP = "jobgate.dev"
 VERSION = "v1alpha1"

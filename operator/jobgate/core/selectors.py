@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from jobgate.policy import LabelSelector
+from jobgate.core.policy import LabelSelector
 
 
 def matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobgate.kube import ApiError, KubeApi
-from jobgate.timestamps import format_timestamp
+from jobgate.core.timestamps import format_timestamp
+from jobgate.kube.api import ApiError, KubeApi
 
 log = logging.getLogger("jobgate.leader")
 

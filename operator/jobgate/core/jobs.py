@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobgate.timestamps import parse_timestamp
+from jobgate.core.timestamps import parse_timestamp
 
 ANNOTATION_PREFIX = "jobgate.dev/"
 PRIORITY = "jobgate.dev/priority"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
-from jobgate import admission
-from jobgate.cache import ClusterCache
-from jobgate.metrics import Metrics
-from jobgate.policy import MAX_BUSIEST_KEYS, ConcurrencyPolicy, Condition, KeyCount, PolicyStatus
-from jobgate.timestamps import format_kubernetes_time
+from jobgate.core import admission
+from jobgate.core.policy import MAX_BUSIEST_KEYS, ConcurrencyPolicy, Condition, KeyCount, PolicyStatus
+from jobgate.core.timestamps import format_kubernetes_time
+from jobgate.engine.cache import ClusterCache
+from jobgate.telemetry.metrics import Metrics
 
 
 class StatusApi(Protocol):
