@@ -172,7 +172,7 @@ def plan(
     result = Plan()
     running: dict[tuple[PolicyRef, Key], list[JobView]] = defaultdict(list)
     candidates: list[tuple[JobView, list[Governance]]] = []
-    limits: dict[PolicyRef, int] = {policy_ref(p): p.spec.maxConcurrent for p in policies}
+    policies_by_ref: dict[PolicyRef, ConcurrencyPolicy] = {policy_ref(p): p for p in policies}
     created: dict[PolicyRef, float] = {policy_ref(p): p.created for p in policies}
 
     governance_of = index.governance_of
@@ -195,11 +195,12 @@ def plan(
     intruders: set[str] = set()
     for slot, members in running.items():
         ref, _ = slot
-        if len(members) <= limits[ref]:
+        limit = policies_by_ref[ref].limit_for(slot[1])
+        if len(members) <= limit:
             continue
         legit = [j for j in members if j.admitted_at is not None or j.created <= created[ref] or j.suspended]
         late = sorted((j for j in members if j not in legit), key=lambda j: j.order)
-        room = max(0, limits[ref] - len(legit))
+        room = max(0, limit - len(legit))
         intruders.update(j.uid for j in late[room:])
     if intruders:
         seen: set[str] = set()
@@ -214,7 +215,7 @@ def plan(
     result.running = dict(counts)
     candidates.sort(key=lambda c: c[0].order)
     for job, govs in candidates:
-        if all(counts.get(gov.slot, 0) < limits[gov.slot[0]] for gov in govs):
+        if all(counts.get(gov.slot, 0) < gov.policy.limit_for(gov.key) for gov in govs):
             result.admit.append(job)
             for gov in govs:
                 counts[gov.slot] = counts.get(gov.slot, 0) + 1

@@ -171,3 +171,7 @@ class ConcurrencyPolicy(_Model):
             created=parse_timestamp(meta["creationTimestamp"]),
             spec=PolicySpec.model_validate(body.get("spec", {})),
         )
+
+    def limit_for(self, key: tuple[str, ...]) -> int:
+        """How many Jobs of this key may run at once: the one place a decision reads a limit."""
+        return self.spec.maxConcurrent
