@@ -122,7 +122,7 @@ def test_jobs_of_other_namespaces_are_not_governed() -> None:
 
 def test_queued_jobs_that_nothing_governs_any_more_are_released() -> None:
     ours = job("ours", {"app": "gone"}, queued_at=1.0)
-    theirs = job("theirs", {"app": "gone"}, queued_at=None)
+    theirs = job("theirs", {"app": "gone"}, marked=False)  # its owner suspended it
     assert names(plan([], [ours, theirs]).release) == ["ours"]
 
 

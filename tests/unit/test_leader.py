@@ -10,7 +10,7 @@ from typing import Any, cast
 from jobgate.kube.api import ApiError, KubeApi
 from jobgate.kube.lease import Leadership, LeaseTiming
 
-TIMING = LeaseTiming(lease_seconds=3, renew_seconds=2, retry_seconds=0.05)
+TIMING = LeaseTiming(lease_seconds=3, renew_seconds=2, retry_seconds=0.05, write_timeout=0.5, margin_seconds=0.1)
 
 
 class FakeLeases:
