@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from jobgate.engine.engine import Engine, EngineSettings
@@ -29,3 +31,11 @@ def leading_engine(api: Any, settings: EngineSettings | None = None, **engine_op
 def term_of(engine: Engine) -> Term:
     assert engine.term is not None, "the engine is not leading"
     return engine.term
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Let the loop run until `condition` holds: for state that no event announces."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polling state that has no event of its own
+            await asyncio.sleep(0.01)
+    assert condition(), what

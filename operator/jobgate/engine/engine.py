@@ -224,8 +224,9 @@ class Engine:
 
         async def confirm() -> None:
             try:
-                if not_before is not None:
-                    await asyncio.sleep(max(0.0, not_before - self.monotonic()))
+                # Polled, not one long sleep: the deadline is on the monotonic clock, which a stall moves on.
+                while not_before is not None and self.monotonic() < not_before:
+                    await asyncio.sleep(min(0.25, not_before - self.monotonic()))
                 failures = 0
                 while True:
                     try:
@@ -513,7 +514,7 @@ class Engine:
                 "admitting Job %s/%s: answer lost (%s); its slot stays taken until a read after %.1fs says more",
                 job.namespace,
                 job.name,
-                e or type(e).__name__,
+                str(e) or type(e).__name__,
                 self.settings.landing_seconds,
             )
             self._confirm(term, job, job.resource_version, not_before=settles_at)

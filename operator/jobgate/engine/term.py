@@ -68,3 +68,6 @@ class Term:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            # Done callbacks run on a later turn of the loop, and awaiting a finished task does not
+            # yield: take them out here, or this loop would spin without ever letting them run.
+            self.tasks.difference_update(pending)

@@ -161,7 +161,7 @@ class KubeApi:
         # Checked here, after the last await before the request leaves: nothing can run in between.
         if fenced and not self.may_write():
             self.metrics.api_requests.labels(method.lower(), "fenced", "not-sent").inc()
-            raise NotLeading(f"{method} {path}")
+            raise NotLeading(f"not sent: the Lease is not provably held now ({method} {path})")
         return await self.client.call_api(*serialized, _request_timeout=timeout)
 
     async def _list(

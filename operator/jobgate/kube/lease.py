@@ -225,7 +225,10 @@ class Leadership:
         """Take or renew the Lease; on success, remember when the attempt was sent."""
         sent = self._clock()
         try:
-            won = await asyncio.wait_for(self._try_acquire_or_renew(), self.timing.retry_seconds)
+            # asyncio.timeout, not wait_for: in Python 3.11, wait_for can swallow a cancellation that
+            # arrives as the inner call completes, and a renewal loop that outlives its term renews forever.
+            async with asyncio.timeout(self.timing.retry_seconds):
+                won = await self._try_acquire_or_renew()
         except TimeoutError:
             log.warning("renewing Lease %s took over %gs: given up", self.name, self.timing.retry_seconds)
             return False
