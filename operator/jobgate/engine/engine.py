@@ -225,7 +225,7 @@ class Engine:
         async def confirm() -> None:
             try:
                 # Polled, not one long sleep: the deadline is on the monotonic clock, which a stall moves on.
-                while not_before is not None and self.monotonic() < not_before:
+                while not_before is not None and self.monotonic() < not_before:  # noqa: ASYNC110
                     await asyncio.sleep(min(0.25, not_before - self.monotonic()))
                 failures = 0
                 while True:
