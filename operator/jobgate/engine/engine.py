@@ -189,6 +189,8 @@ class Engine:
             return False
         del term.expected[view.uid]
         term.assumed.discard(view.uid)
+        if view.admitted_at is not None and abs(view.admitted_at - expectation.admitted_at) < 1e-3:
+            self._admitted(view, expectation.admitted_at, triggered_at=None)  # the lost answer's patch landed
         return True
 
     def _keeps(self, job: JobView) -> bool:
@@ -438,7 +440,7 @@ class Engine:
         # patch. Admissions in flight are assumed (they hold their slots); a Job with a re-suspension
         # or release in flight is not written again until that write has returned.
         for job in plan.admit:
-            self._write(term, job, self._admit(term, job, policies, triggered_at))
+            self._write(term, job, self._admit(term, job, triggered_at))
         for job in plan.resuspend:
             if job.uid not in term.writing:
                 self._write(term, job, self._resuspend(term, job))
@@ -493,9 +495,7 @@ class Engine:
         self._store(term, view)  # a released Job, say, is forgotten here: no watch may bring it again
         return view
 
-    async def _admit(
-        self, term: Term, job: JobView, policies: list[ConcurrencyPolicy], triggered_at: float | None
-    ) -> None:
+    async def _admit(self, term: Term, job: JobView, triggered_at: float | None) -> None:
         now = self.clock()
         sent_at = self.monotonic()
         try:
@@ -509,7 +509,7 @@ class Engine:
             # The patch may have landed: the Job keeps its slot until a read that comes after the
             # patch must have landed (or the watch showing it running) says how it ended.
             settles_at = sent_at + self.settings.landing_seconds
-            term.expected[job.uid] = Expectation(job.resource_version, settles_at)
+            term.expected[job.uid] = Expectation(job.resource_version, settles_at, admitted_at=now)
             log.warning(
                 "admitting Job %s/%s: answer lost (%s); its slot stays taken until a read after %.1fs says more",
                 job.namespace,
@@ -523,7 +523,11 @@ class Engine:
             term.assumed.discard(job.uid)
         if admitted is None:
             return
-        govs = admission.governance(policies, job)
+        self._admitted(job, now, triggered_at)
+
+    def _admitted(self, job: JobView, now: float, triggered_at: float | None) -> None:
+        """Count an admission that landed, and say so on the Job."""
+        govs = self.policies.policy_index.governance(job)
         queued_since = job.queued_at or job.created
         for gov in govs:
             self.metrics.admitted(gov.policy, waited=max(0.0, now - queued_since))
