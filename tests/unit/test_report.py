@@ -193,7 +193,7 @@ def test_why_names_every_policy_that_blocks_and_not_the_free_ones() -> None:
     jobs = [job("r", export("a"), suspended=False, admitted=True), job("q", export("b"), created=2)]
     report = why_report(jobs[1], [per_customer, global_cap], jobs, NOW)
     assert {g.policy: g.slot for g in report.governors} == {"exports": "free", "cap": "full"}
-    assert "policy 'cap' for (all) (1/1 running: r; position 1 of 1)" in report.summary
+    assert "policy 'cap' for (all Jobs) (1/1 running: r; position 1 of 1)" in report.summary
     assert "policy 'exports'" not in report.summary
 
 

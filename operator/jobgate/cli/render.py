@@ -19,8 +19,8 @@ from jobgate.cli.report import (
     QueueReport,
     StatusReport,
     WhyReport,
-    describe_key,
 )
+from jobgate.core.admission import describe_key
 
 Output = Literal["table", "json", "yaml"]
 OUTPUTS: tuple[Output, ...] = ("table", "json", "yaml")

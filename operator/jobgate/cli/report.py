@@ -13,18 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from jobgate.core import admission
+from jobgate.core.admission import describe_key
 from jobgate.core.jobs import HOLD, JobView
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
 
 Slot = Literal["free", "taken", "full", "paused"]
 State = Literal["running", "finished", "held", "queued", "suspended"]
-
-
-def describe_key(key: Mapping[str, str]) -> str:
-    """``customer-id=42,region=eu``; a policy without key labels has one key for all its Jobs."""
-    if not key:
-        return "(all)"
-    return ",".join(f"{label}={value}" if value else f'{label}=""' for label, value in key.items())
 
 
 def waited(job: JobView, now: float) -> float:
@@ -144,10 +138,7 @@ def status_report(
     summaries = []
     for policy in sorted(policies if only is None else only, key=admission.policy_ref):
         keys = decision.keys(policy)
-        active = sorted(
-            ((key, s) for key, s in keys.items() if s.running or s.queued),
-            key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]),
-        )
+        active = admission.busiest_first(keys)
         shown = active if limit <= 0 else active[:limit]
         summaries.append(
             PolicySummary(

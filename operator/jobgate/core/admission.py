@@ -34,6 +34,10 @@ class Governance:
     def __post_init__(self) -> None:
         object.__setattr__(self, "slot", ((self.policy.namespace, self.policy.name), self.key))
 
+    @property
+    def key_text(self) -> str:
+        return describe_key(key_dict(self.policy, self.key))
+
 
 def policy_ref(policy: ConcurrencyPolicy) -> PolicyRef:
     return (policy.namespace, policy.name)
@@ -41,6 +45,13 @@ def policy_ref(policy: ConcurrencyPolicy) -> PolicyRef:
 
 def key_dict(policy: ConcurrencyPolicy, key: Key) -> dict[str, str]:
     return dict(zip(policy.spec.keyLabels, key, strict=True))
+
+
+def describe_key(key: Mapping[str, str]) -> str:
+    """``customer-id=42,region=eu`` (an empty value shown as ""); a policy without key labels has one key."""
+    if not key:
+        return "(all Jobs)"
+    return ",".join(f"{label}={value}" if value else f'{label}=""' for label, value in key.items())
 
 
 class Labeled(Protocol):
@@ -102,6 +113,15 @@ class KeyState:
     running: list[JobView] = field(default_factory=list)
     queued: list[JobView] = field(default_factory=list)  # in admission order once tallied
     held: list[JobView] = field(default_factory=list)  # on hold, or suspended by someone else
+
+
+def busiest_first(keys: Mapping[Key, KeyState]) -> list[tuple[Key, KeyState]]:
+    """The keys with running or queued Jobs, most queued first, then most running, then by key.
+
+    The order of the policy's status.busiestKeys and of `kubectl jobgate status`.
+    """
+    active = ((key, state) for key, state in keys.items() if state.running or state.queued)
+    return sorted(active, key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]))
 
 
 def is_running(job: JobView, assumed: Collection[str]) -> bool:

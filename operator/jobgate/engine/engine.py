@@ -93,12 +93,6 @@ class EngineSettings:
     landing_seconds: float = 10.0
 
 
-def describe_key(policy: ConcurrencyPolicy, key: admission.Key) -> str:
-    if not key:
-        return "(all Jobs)"
-    return ",".join(f"{label}={value}" for label, value in zip(policy.spec.keyLabels, key, strict=True))
-
-
 class Engine:
     def __init__(
         self,
@@ -533,7 +527,7 @@ class Engine:
             self.metrics.admitted(gov.policy, waited=max(0.0, now - queued_since))
         if triggered_at is not None:
             self.metrics.decision_latency.observe(max(0.0, now - triggered_at))
-        where = "; ".join(f"policy {g.policy.name} key {describe_key(g.policy, g.key)}" for g in govs)
+        where = "; ".join(f"policy {g.policy.name} key {g.key_text}" for g in govs)
         self._post(job, "Normal", "Admitted", f"Admitted by {where} after {now - queued_since:.1f}s queued")
 
     async def _resuspend(self, term: Term, job: JobView) -> None:
@@ -593,7 +587,7 @@ class Engine:
             parts = []
             for gov in govs:
                 parts.append(
-                    f"policy {gov.policy.name} key {describe_key(gov.policy, gov.key)} "
+                    f"policy {gov.policy.name} key {gov.key_text} "
                     f"({running.get(gov.slot, 0)}/{gov.policy.limit_for(gov.key)} running)"
                 )
                 if gov.missing_labels:
