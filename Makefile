@@ -15,6 +15,11 @@ help:
 	@echo "make cluster-down stop it"
 	@echo "make crds         regenerate crds/ from the pydantic models"
 	@echo "make bench        run the benchmarks and write bench/results/"
+	@echo "make unit         the unit tests alone: no cluster, no built binary"
+	@echo "make lint         ruff, mypy and hadolint"
+	@echo "make binaries     build the control plane's binaries into ~/.cache/jobgate (once)"
+	@echo "make venv         the virtualenv in .venv with jobgate and its test tools"
+	@echo "make clean        remove .venv, .cluster and the tools' caches"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
