@@ -205,10 +205,12 @@ output fields (-o json|yaml|jsonpath):
 
 WRITE_EPILOG = (
     """\
-Writes the annotation {annotation} with a JSON patch that tests the Job's
-uid and the annotation's value as read, so that it never undoes a change made
-meanwhile (it reads again and retries). Prints what changed. Needs get and
-patch on jobs, as `kubectl annotate` does. {effect}
+Writes the annotation {annotation}, with a JSON patch that
+tests the Job's uid and the annotation's value as read, so that it never
+undoes a change made meanwhile (it reads again and retries). Prints what
+changed. Needs get and patch on jobs, as `kubectl annotate` does.
+
+{effect}
 
 examples:
 {examples}

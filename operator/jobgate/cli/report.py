@@ -170,8 +170,9 @@ def _estimate(
         position = line.index(job.uid) + 1
         elapsed = [_elapsed(runs.get(j.uid), now) for j in state.running]
         durations, source = history.durations(gov.policy, gov.key)
-        estimate = estimate_start(position, gov.policy.limit_for(gov.key), elapsed, durations)
-        found.append((estimate, _basis(gov.policy, position, len(elapsed), estimate, source, len(govs) > 1)))
+        slots = gov.policy.limit_for(gov.key)
+        estimate = estimate_start(position, slots, elapsed, durations)
+        found.append((estimate, _basis(gov.policy, position, len(elapsed), slots, estimate, source, len(govs) > 1)))
     if not found:
         return StartEstimate(None, "unknown: it is not in any queue")
     unknown = [(e, basis) for e, basis in found if not e.known]
@@ -190,14 +191,13 @@ def _elapsed(times: RunTimes | None, now: float) -> float:
 
 
 def _basis(
-    policy: ConcurrencyPolicy, position: int, running: int, estimate: Estimate, source: str, several: bool
+    policy: ConcurrencyPolicy, position: int, running: int, slots: int, estimate: Estimate, source: str, several: bool
 ) -> str:
     where = f"policy '{policy.name}': " if several else ""
     if estimate.unknown == "paused":
         return f"unknown: {where}policy '{policy.name}' is paused (maxConcurrent 0)"
     if estimate.unknown == "no-history":
         return f"unknown: {where}no finished Job of policy '{policy.name}' is left to learn run times from"
-    slots = policy.spec.maxConcurrent
     ahead = f"{position - 1} queued ahead" if position > 1 else "next in line"
     run = "" if estimate.run_seconds is None else f"; median run {human_duration(estimate.run_seconds)}"
     runs = "" if estimate.run_seconds is None else f" of {estimate.runs} recent run(s) {source}"
