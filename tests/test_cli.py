@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import secrets
 import select
 import socket
 import subprocess
@@ -276,8 +277,19 @@ def test_all_namespaces(cluster: ClusterAccess, queues: str) -> None:
     assert [(q["policy"], len(q["jobs"])) for q in mine] == [("exports", 3), ("training", 0)]
     named = run_cli("-A", "queue", "exports", "-o", "json", kubeconfig=cluster.kubeconfig).json()
     assert (queues, "exports") in {(q["namespace"], q["policy"]) for q in named["queues"]}
-    found = run_cli("why", "-A", "wait-a1", "-o", "json", kubeconfig=cluster.kubeconfig)
+    batch = kubernetes.client.BatchV1Api(cluster.api_client())
+    unique = f"only-{secrets.token_hex(4)}"  # other tests' namespaces may hold a wait-a1 too
+    batch.create_namespaced_job(queues, job_manifest(unique, export("c")))
+    found = run_cli("why", "-A", unique, "-o", "json", kubeconfig=cluster.kubeconfig)
     assert (found.code, found.json()["namespace"]) == (0, queues)
+    other = cluster.create_namespace("other")
+    try:
+        batch.create_namespaced_job(other, job_manifest(unique, export("c")))
+        twice = run_cli("why", "-A", unique, kubeconfig=cluster.kubeconfig)
+    finally:
+        cluster.delete_namespace(other)
+    where = ", ".join(sorted([queues, other]))
+    assert (twice.code, twice.err) == (2, f"error: Job '{unique}' exists in namespaces {where}: give one with -n\n")
     missing = run_cli("why", "-A", "no-such-job", kubeconfig=cluster.kubeconfig)
     assert (missing.code, missing.err) == (1, "error: Job 'no-such-job' not found in any namespace\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -85,8 +86,6 @@ def test_webhook_answers_are_timed_refusals_included() -> None:
         return value
 
     assert asyncio.run(answer(3)) == 3
-    try:
+    with pytest.raises(RuntimeError):
         asyncio.run(refuse())
-    except RuntimeError:
-        pass
     assert scrape(metrics)[("jobgate_webhook_duration_seconds_count", ())] == 2

@@ -322,7 +322,12 @@ def _message(data: bytes) -> str:
 
 
 def _cause(error: Exception) -> str:
-    """The useful end of urllib3's nested messages: 'Connection refused', 'certificate verify failed'."""
+    """The useful end of urllib3's nested messages: 'Connection refused', 'certificate verify failed',
+    'read timed out (read timeout=1.0)'."""
     text = str(getattr(error, "reason", None) or error)
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text) or re.search(r"\] ([^'\")\]]+) \(_ssl", text)
+    found = (
+        re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+        or re.search(r"\] ([^'\")\]]+) \(_ssl", text)
+        or re.search(r"((?:Read|Connect|connect)[^.:()]* timed out\.? \([^)]*\))", text)
+    )
     return found.group(1).strip() if found else text.strip().splitlines()[-1][:200]

@@ -27,6 +27,8 @@ from jobgate.core.policy import ConcurrencyPolicy
 WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 POLICY_LABELS = ("policy_namespace", "policy")
+# What the webhook answers: suspended (a policy governs the Job), untouched, unavailable (refused: not ready).
+WEBHOOK_RESULTS = ("suspended", "untouched", "unavailable")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -98,6 +100,8 @@ class Metrics:
         self.webhook_requests = Counter(
             "jobgate_webhook_requests", "Job CREATE admission reviews answered", ["result"], registry=r
         )
+        for result in WEBHOOK_RESULTS:  # at 0 from the start, so that alerts on their rate see them
+            self.webhook_requests.labels(result)
         self.webhook_duration = Histogram(
             "jobgate_webhook_duration_seconds",
             "Time jobgate took to answer a Job CREATE admission review (the API server waits as long, and more)",
