@@ -503,17 +503,19 @@ def test_a_patch_tests_what_it_read(cluster: ClusterAccess, queues: str) -> None
 
     api = connect(str(cluster.kubeconfig))
     try:
-        stale = api.job_body(queues, "wait-a1")
-        assert stale is not None
-        patch = annotation_patch(stale, HOLD, "true")
-        assert patch is not None
-        run_cli("prioritize", "-n", queues, "wait-a1", "1", kubeconfig=cluster.kubeconfig)  # annotations change
-        kubernetes.client.BatchV1Api(cluster.api_client()).patch_namespaced_job(
-            "wait-a1", queues, {"metadata": {"annotations": {HOLD: "false"}}}
-        )
-        with pytest.raises(Conflict):
-            api.patch_job(queues, "wait-a1", patch)
-        assert job_annotations(cluster, queues, "wait-a1")[HOLD] == "false"  # not overwritten
+        batch = kubernetes.client.BatchV1Api(cluster.api_client())
+        for before in (None, {PRIORITY: "1"}):  # the Job without annotations, then with another one
+            if before is not None:
+                batch.patch_namespaced_job("wait-a1", queues, {"metadata": {"annotations": before}})
+            stale = api.job_body(queues, "wait-a1")
+            assert stale is not None
+            patch = annotation_patch(stale, HOLD, "true")
+            assert patch is not None
+            batch.patch_namespaced_job("wait-a1", queues, {"metadata": {"annotations": {HOLD: "false"}}})
+            with pytest.raises(Conflict):
+                api.patch_job(queues, "wait-a1", patch)
+            assert job_annotations(cluster, queues, "wait-a1")[HOLD] == "false"  # not overwritten
+            batch.patch_namespaced_job("wait-a1", queues, {"metadata": {"annotations": {HOLD: None}}})
 
         kubernetes.client.BatchV1Api(cluster.api_client()).create_namespaced_job(
             queues, {**job_manifest("bare", export("c")), "metadata": {"name": "bare", "labels": export("c")}}
