@@ -43,7 +43,8 @@ exit codes:
   1  not found: the namespace, Job or policy does not exist, or jobgate's CRD is not installed
   2  usage error, or a label selector the API server refuses
   3  cannot reach the cluster: no usable kubeconfig, no answer from the API, or not allowed
-  4  a Job kept changing while hold, unhold or prioritize wrote it: run it again"""
+  4  a Job kept changing while hold, unhold or prioritize wrote it: run it again
+  130  interrupted (Ctrl-C); status --watch ends with 0"""
 
 GLOBAL_FLAGS = """\
 --kubeconfig, --context, -n/--namespace, -A/--all-namespaces and --request-timeout
@@ -853,9 +854,14 @@ def main(argv: list[str] | None = None) -> int:
         _write(complete_command(argv[1:], _prog_name()))
         return EXIT_OK
     args = parse_args(argv, _prog_name())
-    if args.command != "run":
-        _quiet_libraries()
-    code: int = args.handler(args)
+    if args.command == "run":
+        code: int = args.handler(args)
+        return code
+    _quiet_libraries()
+    try:
+        code = args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C: stop, as kubectl does, without a traceback
+        return 130
     return code
 
 
