@@ -27,8 +27,10 @@ from jobgate.core.jobs import PRIORITY_MAX, PRIORITY_MIN
 from jobgate.service.options import add_run_arguments
 
 if TYPE_CHECKING:
+    from jobgate.cli.annotate import Change
     from jobgate.cli.reader import Cluster
     from jobgate.cli.render import Report
+    from jobgate.core.jobs import JobView
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -536,9 +538,6 @@ def _version() -> str:
 
 # --- reading ------------------------------------------------------------------------------------
 
-Inspection = Callable[["Cluster", argparse.Namespace, float], "Report"]
-
-
 def _connect(args: argparse.Namespace) -> Cluster:
     from jobgate.cli.reader import TIMEOUT, connect
 
@@ -694,7 +693,7 @@ def why_of(cluster: Cluster, args: argparse.Namespace, now: float) -> Report:
     return why_report(job, policies, jobs, now, runs)
 
 
-def _find_job(cluster: Cluster, args: argparse.Namespace, name: str) -> Any:
+def _find_job(cluster: Cluster, args: argparse.Namespace, name: str) -> JobView:
     """The named Job in -n's namespace (else the context's), or in the only namespace that has it with -A."""
     from jobgate.cli.reader import NotFound
 
@@ -787,7 +786,7 @@ def _no_selected(cluster: Cluster, namespace: str | None, selector: str) -> Exce
     return NotFound(f"no Job in {where} matches the selector '{selector}'")
 
 
-def _annotate_one(cluster: Cluster, namespace: str, name: str, annotation: str, value: str | None) -> Any:
+def _annotate_one(cluster: Cluster, namespace: str, name: str, annotation: str, value: str | None) -> Change:
     """Read, decide the patch, write it; on a failed test (the Job changed), read again."""
     from jobgate.cli.annotate import Change, annotation_patch, note_for
     from jobgate.cli.reader import Conflict, NotFound
