@@ -538,6 +538,7 @@ def _version() -> str:
 
 # --- reading ------------------------------------------------------------------------------------
 
+
 def _connect(args: argparse.Namespace) -> Cluster:
     from jobgate.cli.reader import TIMEOUT, connect
 
