@@ -10,9 +10,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobgate.cli.main import build_parser
-from jobgate.cli.render import Report, human_duration, render, use_colour
-from jobgate.cli.report import queue_report, selector_mismatch, status_report, why_report
+from jobgate.cli.main import parse_args
+from jobgate.cli.render import Report, render, use_colour
+from jobgate.cli.report import human_duration, queue_report, selector_mismatch, status_report, why_report
 from jobgate.core.admission import plan
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement
@@ -325,6 +325,11 @@ def test_json_field_names() -> None:
         "priority": 5,
         "waitingSeconds": NOW - 300,
         "admitNext": False,
+        "estimatedStart": {
+            "inSeconds": None,
+            "at": None,
+            "basis": "unknown: no finished Job of policy 'exports' is left to learn run times from",
+        },
     }
     why = json.loads(render(REPORTS[2], "json"))
     assert why["state"] == "queued"
@@ -353,7 +358,7 @@ def test_tables_align_their_columns() -> None:
     text = render(REPORTS[1], "table")
     lines = text.splitlines()
     header = lines[1]
-    assert header.split() == ["#", "JOB", "KEY", "POSITION", "PRIORITY", "WAITING", "RUNNING", "NOTE"]
+    assert header.split() == ["#", "JOB", "KEY", "POSITION", "PRIORITY", "WAITING", "RUNNING", "EST.", "START", "NOTE"]
     for line in lines[2:]:
         assert line[header.index("KEY")] != " "
         assert line[header.index("POSITION")] != " "
@@ -364,7 +369,7 @@ def test_tables_align_their_columns() -> None:
 def test_why_table_lists_the_slot_holders() -> None:
     text = render(REPORTS[2], "table")
     assert "POLICY   KEY         RUNNING  POSITION  SLOT  RUNNING JOBS" in text
-    assert "exports  customer=a  1/1      2 of 2    full  run-a" in text
+    assert "exports  customer=a  1/1      2 of 2    full  run-a (0s)" in text
     assert "Waiting for 162m." in text  # 9750s, as kubectl shows ages
 
 
@@ -397,15 +402,14 @@ def test_human_duration(seconds: float, text: str) -> None:
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = build_parser()
     for argv in (["queue", "exports", "--key", "no-equals"], ["status", "--limit", "x"], ["status", "-n", "a", "-A"]):
         with pytest.raises(SystemExit) as exit_info:
-            parser.parse_args(argv)
+            parse_args(argv)
         assert exit_info.value.code == 2
     assert "expected LABEL=VALUE" in capsys.readouterr().err
 
 
 def test_key_filters_parse() -> None:
-    args = build_parser().parse_args(["queue", "-n", NS, "exports", "--key", "customer=a", "--key", "region="])
+    args = parse_args(["queue", "-n", NS, "exports", "--key", "customer=a", "--key", "region="])
     assert args.key == [("customer", "a"), ("region", "")]
     assert args.output == "table"

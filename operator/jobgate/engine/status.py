@@ -98,7 +98,7 @@ class StatusWriter:
             previous = self.written.get(ref)
             previous_ready = next((c for c in previous.conditions if c.type == "Ready"), None) if previous else None
             status = policy_status(policy, states[ref], previous_ready, now)
-            metrics.set_jobs(policy, status.running, status.queued)
+            metrics.set_jobs(policy, states[ref])
             if status == previous:
                 continue
             try:
