@@ -413,3 +413,13 @@ def test_key_filters_parse() -> None:
     args = parse_args(["queue", "-n", NS, "exports", "--key", "customer=a", "--key", "region="])
     assert args.key == [("customer", "a"), ("region", "")]
     assert args.output == "table"
+
+
+def test_why_a_job_suspended_by_someone_else_or_owned_elsewhere_is_not_jobgates() -> None:
+    exports = policy("exports", {"app": "x"}, ["customer"], 1)
+    theirs = job("theirs", {"app": "x", "customer": "a"}, marked=False)
+    kueue = job("kueue", {"app": "x", "customer": "a"}, foreign="Kueue queues it (label kueue.x-k8s.io/queue-name)")
+    for ignored, reason in ((theirs, "without jobgate's queued mark"), (kueue, "Kueue queues it")):
+        report = why_report(ignored, [exports], [theirs, kueue], NOW)
+        assert report.state == "not-jobgates"
+        assert reason in report.summary and "never suspends, starts or counts it" in report.summary

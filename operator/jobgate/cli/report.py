@@ -20,7 +20,7 @@ from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
 from jobgate.core.timestamps import format_kubernetes_time
 
 Slot = Literal["free", "taken", "full", "paused"]
-State = Literal["running", "finished", "held", "queued", "suspended"]
+State = Literal["running", "finished", "held", "queued", "suspended", "not-jobgates"]
 HISTORY = 20  # the most recent finished Jobs of a key that estimates learn run times from
 
 
@@ -510,7 +510,7 @@ class Unmatched:
 class WhyReport:
     namespace: str
     name: str
-    state: State  # "suspended": suspended, not held, and no policy governs it
+    state: State  # "suspended": suspended, not held, and no policy governs it; "not-jobgates": see `ignored`
     admit_next: bool  # the next decision admits it
     release: bool  # ungoverned, queued by jobgate: the next decision unsuspends it
     resuspend: bool  # unsuspended without jobgate, over a limit: the next decision suspends it
@@ -518,6 +518,7 @@ class WhyReport:
     estimate: StartEstimate | None  # for a queued Job
     governors: list[Governor]
     unmatched: list[Unmatched]  # the namespace's other policies
+    ignored: str | None = None  # why jobgate leaves this Job alone, for state "not-jobgates"
 
     @property
     def summary(self) -> str:
@@ -529,6 +530,8 @@ class WhyReport:
         )
         if self.state == "finished":
             text = f"{job} has finished: it holds no slot."
+        elif self.state == "not-jobgates":
+            text = f"{job} is not jobgate's to gate: {self.ignored}. jobgate never suspends, starts or counts it."
         elif self.state == "running" and self.resuspend:
             text = (
                 f"{job} was unsuspended without jobgate's admission beyond the limit of {slots}: "
@@ -620,8 +623,16 @@ def why_report(
         )
     governing = {gov.policy.name for gov in govs}
     state: State
+    ignored = job.foreign
+    if job.suspended and not job.finished and not job.held and not job.marked and ignored is None:
+        ignored = (
+            "it was suspended without jobgate's queued mark (label jobgate.dev/queued), so by someone else; "
+            "set spec.suspend to false to start it"
+        )
     if job.finished:
         state = "finished"
+    elif ignored is not None:
+        state = "not-jobgates"
     elif job.running:
         state = "running"
     elif job.held:
@@ -640,6 +651,7 @@ def why_report(
         if state == "queued"
         else None,
         governors=governors,
+        ignored=ignored if state == "not-jobgates" else None,
         unmatched=[
             Unmatched(p.name, selector_mismatch(p.spec.selector, job.labels))
             for p in sorted(policies, key=lambda p: p.name)
