@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 from jobgate.cli.reader import Cluster, NotFound, Unreachable, connect
@@ -155,6 +156,7 @@ def build_parser(prog: str = "jobgate") -> argparse.ArgumentParser:
         epilog=EXAMPLES.format(prog=prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version("jobgate"), help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_parser = commands.add_parser("run", help="run the operator", description="Run the jobgate operator.")
     run.add_run_arguments(run_parser)
