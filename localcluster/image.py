@@ -304,10 +304,13 @@ def _empty(path: Path) -> None:
 # -- the operator image --------------------------------------------------------
 
 
-def build_image(python_image: str | None = None, *, write_archives: bool = True) -> Built:
-    """Build the image (reusing cached layers) and, if asked, write its archives; the same path as `make image`."""
+def build_image(python_image: str | None = None, *, engine: str | None = None, write_archives: bool = True) -> Built:
+    """Build the image (reusing what did not change) and, if asked, write its archives: what `make image` runs.
+
+    ``engine`` is "docker", "buildah", or None for Docker where its engine answers and buildah elsewhere.
+    """
     version = package_version()
-    if docker_engine_answers():
+    if engine == "docker" or (engine is None and docker_engine_answers()):
         return _build_with_docker(version, python_image, write_archives)
     if not buildah_available():
         raise ImageError(
