@@ -20,6 +20,7 @@ import json
 import socket
 import ssl
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ import kubernetes.client
 import pytest
 import yaml
 
-from jobgate.jobs import QUEUED_AT
+from jobgate.jobs import QUEUED_AT, JobView
 from localcluster.access import ClusterAccess
 from localcluster.image import Buildah, Built, ImageError, build_image, buildah_available, package_version
 from localcluster.manifests import job_manifest
@@ -136,7 +137,7 @@ def pod(
     }
     rendered = chart.render(cluster.tool("helm"), values, namespace=release_namespace)
     applied = [m for m in rendered if m["kind"] not in NOT_APPLIED]
-    cluster.kubectl("apply", "--namespace", release_namespace, "-f", "-", input=yaml.safe_dump_all(applied))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(applied))
     (deployment,) = [m for m in rendered if m["kind"] == "Deployment"]
     pod_spec = deployment["spec"]["template"]["spec"]
 
@@ -226,6 +227,23 @@ def admission_review(
     return answer
 
 
+def follow(scenario: Scenario) -> list[str]:
+    """A line per change of a Job's state, as the test's own watch saw it: shown when the test fails (or with -s)."""
+    lines: list[str] = []
+    started = time.monotonic()
+
+    def state(job: JobView | None) -> str:
+        return "-" if job is None else "finished" if job.finished else "running" if job.running else "queued"
+
+    def record(seen: float, before: JobView | None, after: JobView | None) -> None:
+        if after is not None and state(before) != state(after):
+            running = ", ".join(sorted(scenario.watch.running())) or "none"
+            lines.append(f"{seen - started:5.1f}s  {after.name:<13} {state(after):<8}  running: {running}")
+
+    scenario.watch.listeners.append(record)
+    return lines
+
+
 def test_the_charts_deployment_runs_from_the_image_serves_the_webhook_and_gates_jobs(
     pod: tuple[PodContainer, list[chart.Manifest]], scenario: Scenario, release_namespace: str
 ) -> None:
@@ -249,6 +267,7 @@ def test_the_charts_deployment_runs_from_the_image_serves_the_webhook_and_gates_
     assert served_certificate(port, server_name, ca_bundle) == secret_certificate
 
     # Jobs as the API server stores them after the webhook: created to run at once, queued by jobgate.
+    transcript = follow(scenario)
     scenario.policy("one-at-a-time", {"app": "image"}, [], 1)
     scenario.wait_leader_synced("one-at-a-time")
     names = [f"from-image-{i}" for i in range(3)]
@@ -263,6 +282,7 @@ def test_the_charts_deployment_runs_from_the_image_serves_the_webhook_and_gates_
         scenario.batch.create_namespaced_job(scenario.namespace, mutated)
 
     scenario.watch.wait_for(lambda w: w.finished(*names), "the three Jobs finishing, one at a time", timeout=90)
+    print("\n".join(transcript))
     assert_never_over_admitted(scenario.watch)
     assert scenario.watch.peak[("one-at-a-time", ())] == 1
     assert "Admitted" in [reason for reason, _ in scenario.events(names[-1])]
@@ -270,8 +290,11 @@ def test_the_charts_deployment_runs_from_the_image_serves_the_webhook_and_gates_
     (deployment,) = [m for m in rendered if m["kind"] == "Deployment"]
     (args,) = [c["args"] for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == CONTAINER]
     lease_name = next(a.split("=", 1)[1] for a in args if a.startswith("--lease-name="))
-    lease = kubernetes.client.CoordinationV1Api(scenario.api).read_namespaced_lease(lease_name, release_namespace)
-    assert lease.spec.holder_identity, lease
-    assert container.running(), container.log_tail()
+    leases = kubernetes.client.CoordinationV1Api(scenario.api)
+    assert leases.read_namespaced_lease(lease_name, release_namespace).spec.holder_identity
     log = container.log_path.read_text(errors="replace")
     assert "Traceback" not in log, container.log_tail()
+
+    # Stopped as a kubelet stops it: SIGTERM, then a clean exit that hands the Lease back within the grace period.
+    assert container.stop() == 0, container.log_tail()
+    assert not leases.read_namespaced_lease(lease_name, release_namespace).spec.holder_identity

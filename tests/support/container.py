@@ -38,7 +38,7 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Kubelet defaults: a Secret volume's files are 0644 unless defaultMode says otherwise; emptyDir is 0777.
 SECRET_DEFAULT_MODE = 0o644
 EMPTY_DIR_MODE = 0o777
-STOP_TIMEOUT = 15.0
+TERMINATION_GRACE_SECONDS = 30  # a pod's default terminationGracePeriodSeconds
 
 # Fields of a container and a pod spec, by what this runner does with them.
 CONTAINER_HONOURED = {
@@ -53,7 +53,14 @@ CONTAINER_HONOURED = {
     "workingDir",
 }
 CONTAINER_NOT_APPLICABLE = {"imagePullPolicy", "resources", "startupProbe", "livenessProbe", "readinessProbe"}
-POD_HONOURED = {"containers", "volumes", "securityContext", "serviceAccountName", "automountServiceAccountToken"}
+POD_HONOURED = {
+    "containers",
+    "volumes",
+    "securityContext",
+    "serviceAccountName",
+    "automountServiceAccountToken",
+    "terminationGracePeriodSeconds",
+}
 POD_NOT_APPLICABLE = {
     "enableServiceLinks",  # only the KUBERNETES_SERVICE_* variables are set either way
     "imagePullSecrets",
@@ -169,6 +176,8 @@ class PodContainer:
         for path, (source, read_only) in mounted.items():
             # Mounted where the path leads inside the image (Debian's /var/run is a link to /run).
             target = _resolve_in(rootfs, path)
+            # As a runtime does, the mount point is made before the root filesystem turns read-only.
+            (rootfs / target.lstrip("/")).mkdir(parents=True, exist_ok=True)
             options += ["--volume", f"{source}:{target}:{'ro' if read_only else 'rw'}"]
         return options
 
@@ -230,12 +239,21 @@ class PodContainer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """SIGTERM to the container's process as a kubelet sends it, SIGKILL after the grace period; its exit code.
+
+        Not to buildah: `buildah run` answers a signal by killing the container's process outright.
+        """
+        grace = float(self.pod_spec.get("terminationGracePeriodSeconds", TERMINATION_GRACE_SECONDS))
         if self.process is not None and self.process.poll() is None:
+            main = self._main_process()
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+                if main is None:  # not started yet: buildah's own processes only
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                else:
+                    os.kill(main, signal.SIGTERM)
             try:
-                self.process.wait(STOP_TIMEOUT)
+                self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
@@ -244,6 +262,25 @@ class PodContainer:
             subprocess.run(self.buildah.command("umount", self.name), capture_output=True, check=False)
             subprocess.run(self.buildah.command("rm", self.name), capture_output=True, check=False)
             self._created = False
+        return None if self.process is None else self.process.returncode
+
+    def _main_process(self) -> int | None:
+        """The container's first process: the first descendant of `buildah run` that is not buildah's own."""
+        assert self.process is not None
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rpartition(")")[2].split()
+                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        level = [self.process.pid]
+        while level:
+            for pid in level:
+                with contextlib.suppress(OSError):
+                    # buildah's helpers run from memory: their names read "memfd:buildah-chroot-...".
+                    if pid != self.process.pid and "buildah" not in Path(f"/proc/{pid}/comm").read_text():
+                        return pid
+            level = [child for pid in level for child in children.get(pid, [])]
+        return None
 
     def log_tail(self, lines: int = 80) -> str:
         with contextlib.suppress(OSError):
