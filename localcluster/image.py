@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from localcluster.build import cache_root
 
@@ -117,11 +118,17 @@ def _pip_config_cert() -> str | None:
 
 
 def source_url() -> str:
-    """The repository's origin URL, for the image's org.opencontainers.image.source label; empty if none."""
+    """The repository's origin, for the image's org.opencontainers.image.source label, if it is a public URL.
+
+    A clone of a local folder (CI's, a worktree's) has none: the label stays empty rather than name a path.
+    """
     proc = subprocess.run(
         ["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True, check=False
     )
-    return proc.stdout.strip() if proc.returncode == 0 else ""
+    url = urlsplit(proc.stdout.strip() if proc.returncode == 0 else "")
+    if url.scheme != "https" or not url.hostname:
+        return ""
+    return urlunsplit(url._replace(netloc=url.hostname + (f":{url.port}" if url.port else "")))  # no credentials
 
 
 @dataclass(frozen=True)
