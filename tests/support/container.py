@@ -127,8 +127,6 @@ class PodContainer:
             "KUBERNETES_SERVICE_HOST": self.context.apiserver_host,
             "KUBERNETES_SERVICE_PORT": str(self.context.apiserver_port),
         }
-        if self.spec.get("envFrom"):
-            raise UnsupportedSpec(f"envFrom: {self.spec['envFrom']}")
         for item in self.spec.get("env", []):
             if "value" in item:
                 values[item["name"]] = str(item["value"])
