@@ -32,7 +32,7 @@ import kubernetes.client
 import pytest
 import yaml
 
-from jobgate.jobs import QUEUED_AT, JobView
+from jobgate.core.jobs import QUEUED_AT, JobView
 from localcluster.access import ClusterAccess
 from localcluster.image import Buildah, Built, ImageError, build_image, buildah_available, package_version
 from localcluster.manifests import job_manifest
