@@ -252,7 +252,7 @@ def build_parser(prog: str = "jobgate") -> Parser:
         epilog=EXAMPLES.format(prog=prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version")
     _cluster_flags(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_parser = commands.add_parser("run", help="run the operator", description="Run the jobgate operator.")
