@@ -623,8 +623,8 @@ def why_report(
         )
     governing = {gov.policy.name for gov in govs}
     state: State
-    ignored = job.foreign
-    if job.suspended and not job.finished and not job.held and not job.marked and ignored is None:
+    ignored = job.foreign if governors else None
+    if governors and job.suspended and not job.finished and not job.held and not job.marked and ignored is None:
         ignored = (
             "it was suspended without jobgate's queued mark (label jobgate.dev/queued), so by someone else; "
             "set spec.suspend to false to start it"
