@@ -63,11 +63,14 @@ class Recoveries:
         self.watch = watch
         self.admissions: list[float] = []
         self.faults: list[Fault] = []
+        self.over_limit: list[tuple[float, str]] = []  # when the watch saw each admission over a limit
         watch.listeners.append(self._seen)
 
     def _seen(self, at: float, before: JobView | None, after: JobView | None) -> None:
         if before is not None and after is not None and after.running and not before.running and after.admitted_at:
             self.admissions.append(at)
+        for over in self.watch.admitted_over_limit[len(self.over_limit) :]:
+            self.over_limit.append((at, over))
 
     def begin(self, what: str, in_flight_seconds: float = 0.0) -> Fault:
         fault = Fault(what, time.monotonic(), in_flight_seconds)
@@ -107,7 +110,17 @@ class Recoveries:
             found.append(
                 f"{fault.what}: next admission {fault.next_admission - fault.started:.2f}s after it began ({lasted})"
             )
+        for at, over in self.over_limit:
+            found.append(f"OVER THE LIMIT: {over}, {self._when(at)}")
         return found
+
+    def _when(self, at: float) -> str:
+        fault = next((f for f in reversed(self.faults) if f.started <= at), None)
+        if fault is None:
+            return "before any fault"
+        if fault.ended is None or at < fault.ended:
+            return f"{at - fault.started:.3f}s into {fault.what}"
+        return f"{at - fault.ended:.3f}s after the end of {fault.what}"
 
 
 @pytest.fixture
@@ -177,10 +190,14 @@ class Burst:
             mine = [n for n in self.names if n.startswith(f"{self.policy}-{key}-")]
             waiting = sum(1 for n in mine if n not in jobs or jobs[n].queued)
             for _ in range(waiting_per_key - waiting):
-                name = f"{self.policy}-{key}-{self._next}"
-                self._next += 1
-                self.scenario.job(name, {"app": self.policy, "customer": key, **QUEUED_MARK}, runs_for=self.runs_for)
-                self.names.append(name)
+                self.add(key)
+
+    def add(self, key: str) -> None:
+        """One more Job for ``key`` (which need not be one of the burst's keys)."""
+        name = f"{self.policy}-{key}-{self._next}"
+        self._next += 1
+        self.scenario.job(name, {"app": self.policy, "customer": key, **QUEUED_MARK}, runs_for=self.runs_for)
+        self.names.append(name)
 
     def finished(self) -> int:
         return sum(1 for n in self.names if self.scenario.watch.finished(n))
