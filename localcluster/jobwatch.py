@@ -87,6 +87,13 @@ class JobWatch:
                     if self._stop.is_set():
                         watch.stop()
                         break
+            except KeyError as e:
+                if e.args != ("raw_object",):
+                    raise
+                # kubernetes 37.0.2's watch.py reads an ERROR event's 'raw_object', which only its
+                # deserialize=True path sets: the event is almost always 410 Gone (an API server just
+                # restarted keeps no older versions). Whatever it was, a fresh list is the truth.
+                version = ""
             except kubernetes.client.ApiException as e:
                 if e.status == 410:
                     version = ""  # too old: start over from a fresh list
@@ -119,8 +126,12 @@ class JobWatch:
             if newly_running and view.admitted_at is not None:
                 limits = {p.name: p.spec.maxConcurrent for p in self.policies}
                 for gov in governance(self.policies, view):
-                    if self._running[(gov.policy.name, gov.key)] > limits[gov.policy.name]:
-                        self.admitted_over_limit.append(f"{view.name} took {gov.policy.name}{gov.key} over")
+                    slot = (gov.policy.name, gov.key)
+                    if self._running[slot] > limits[gov.policy.name]:
+                        running = sorted(n for n, j in self.jobs.items() if j.running and slot in self._slots(j))
+                        self.admitted_over_limit.append(
+                            f"{view.name} took {gov.policy.name}{gov.key} over (running: {', '.join(running)})"
+                        )
             for listener in self.listeners:
                 listener(seen, before, None if kind == "DELETED" else view)
             self.changed.notify_all()
