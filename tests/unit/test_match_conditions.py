@@ -11,6 +11,7 @@ from typing import Any
 from jobgate.core.match_conditions import (
     CONDITION_NAME,
     EXPRESSION_BUDGET,
+    TERM_BUDGET,
     Precision,
     selector_expression,
     webhook_scope,
@@ -112,6 +113,14 @@ def test_over_budget_the_largest_namespaces_are_coarsened_first() -> None:
     assert len(tighter.conditions[0]["expression"]) <= len(without_huge) - 1
 
 
+def test_too_many_selectors_are_coarsened_like_too_long_ones() -> None:
+    # Short, but many: the API server's compile time grows with the number of selectors.
+    crowded = [policy("crowded", f"p{i}", {"matchLabels": {"app": f"a{i}"}}) for i in range(TERM_BUDGET)]
+    scope = webhook_scope([*crowded, policy("calm", "p", {"matchLabels": {"app": "x"}})])
+    assert scope.precision == {"crowded": Precision.NAMESPACE, "calm": Precision.SELECTOR}
+    assert webhook_scope(crowded).precision == {"crowded": Precision.SELECTOR}  # exactly the budget fits
+
+
 def test_when_not_even_the_namespaces_fit_there_is_no_condition() -> None:
     policies = [policy(f"namespace-{i}", "p", {"matchLabels": {"app": "x"}}) for i in range(10)]
     scope = webhook_scope(policies, budget=50)
@@ -122,6 +131,8 @@ def test_when_not_even_the_namespaces_fit_there_is_no_condition() -> None:
 def test_the_budget_holds_for_any_number_of_policies() -> None:
     policies = [policy(f"team-{i % 300}", f"p{i}", big_selector(1 + i % 40)) for i in range(2000)]
     scope = webhook_scope(policies)
-    assert len(scope.conditions[0]["expression"]) <= EXPRESSION_BUDGET
+    expression = scope.conditions[0]["expression"]
+    assert len(expression) <= EXPRESSION_BUDGET
+    assert expression.count("has(object.metadata.labels)") <= TERM_BUDGET  # one per selector
     assert Precision.NAMESPACE in scope.precision.values()
     assert Precision.SELECTOR in scope.precision.values()

@@ -1,15 +1,13 @@
 """The webhook's certificate is re-read from its files while the server keeps listening.
 
 A real TLS listener on 127.0.0.1 serving `ReloadingCertificate.context`; the
-files change the way the kubelet changes a mounted Secret: a new folder, and
-one atomic rename of the `..data` link that the file links go through.
+files change the way the kubelet changes a mounted Secret (`MountedSecret`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,32 +17,7 @@ from cryptography import x509
 
 from jobgate.service.tls import ReloadingCertificate
 from localcluster.certs import CertificateAuthority, CertifiedKey
-
-
-class MountedSecret:
-    """tls.crt and tls.key as the kubelet lays them out: links into a folder swapped atomically."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.versions = 0
-        for name in ("tls.crt", "tls.key"):
-            (root / name).symlink_to(f"..data/{name}")
-
-    @property
-    def cert(self) -> Path:
-        return self.root / "tls.crt"
-
-    @property
-    def key(self) -> Path:
-        return self.root / "tls.key"
-
-    def write(self, pair: CertifiedKey) -> None:
-        self.versions += 1
-        folder = self.root / f"..version-{self.versions}"
-        folder.mkdir()
-        pair.write(folder / "tls.crt", folder / "tls.key")
-        (self.root / "..data-new").symlink_to(folder.name)
-        os.replace(self.root / "..data-new", self.root / "..data")
+from tests.support.webhook import MountedSecret
 
 
 async def served_subject(port: int, ca: CertificateAuthority) -> str:
@@ -73,8 +46,7 @@ async def serve(context: ssl.SSLContext) -> AsyncIterator[int]:
 
 def test_new_connections_get_the_renewed_certificate_without_a_restart(tmp_path: Path) -> None:
     old_ca, new_ca = CertificateAuthority.create("old-ca"), CertificateAuthority.create("new-ca")
-    secret = MountedSecret(tmp_path)
-    secret.write(old_ca.issue_serving(common_name="old"))
+    secret = MountedSecret(tmp_path, old_ca.issue_serving(common_name="old"))
     certificate = ReloadingCertificate(secret.cert, secret.key)
 
     async def scenario() -> None:
@@ -94,8 +66,7 @@ def test_new_connections_get_the_renewed_certificate_without_a_restart(tmp_path:
 
 def test_a_certificate_without_its_key_is_not_served(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ca = CertificateAuthority.create()
-    secret = MountedSecret(tmp_path)
-    secret.write(ca.issue_serving(common_name="first"))
+    secret = MountedSecret(tmp_path, ca.issue_serving(common_name="first"))
     certificate = ReloadingCertificate(secret.cert, secret.key)
     # The certificate renewed before its key: a mismatched pair, as two separate writes would leave.
     second, third = ca.issue_serving(common_name="second"), ca.issue_serving(common_name="third")
@@ -116,8 +87,7 @@ def test_a_certificate_without_its_key_is_not_served(tmp_path: Path, caplog: pyt
 
 def test_follow_picks_up_a_change_within_its_period(tmp_path: Path) -> None:
     old_ca, new_ca = CertificateAuthority.create("old-ca"), CertificateAuthority.create("new-ca")
-    secret = MountedSecret(tmp_path)
-    secret.write(old_ca.issue_serving(common_name="old"))
+    secret = MountedSecret(tmp_path, old_ca.issue_serving(common_name="old"))
     certificate = ReloadingCertificate(secret.cert, secret.key)
 
     async def scenario() -> float:

@@ -176,7 +176,9 @@ class WebhookScopeKeeper:
         try:
             self.observed = await self._request("PATCH", self._path(), body=operations)
         except ApiError as e:
-            if e.status in (409, 422):  # changed meanwhile: the watch brings the new version
+            # A failed `test` (changed meanwhile: the watch brings the new version) is a 422 too, but
+            # only a refused condition names the field.
+            if e.status == 409 or (e.status == 422 and "matchConditions" not in str(e)):
                 log.debug("webhook configuration %s changed while writing; retrying", self.configuration)
                 return
             self._complain(
