@@ -362,6 +362,11 @@ def test_deployment_runs_the_operator_with_its_flags(defaults: list[Manifest]) -
     assert set(jobgate["resources"]) == {"requests", "limits"}
 
 
+def test_a_digest_pins_the_image(helm: Path) -> None:
+    digest = "sha256:" + "0123456789abcdef" * 4
+    assert container(render(helm, {"image": {"digest": digest, "tag": "ignored"}}))["image"] == f"jobgate@{digest}"
+
+
 def test_pod_is_locked_down(defaults: list[Manifest]) -> None:
     pod = one(defaults, "Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"] == {
@@ -576,6 +581,7 @@ def test_without_webhook_nothing_intercepts_jobs(helm: Path) -> None:
         ({"leaderElection": {"enabled": False}}, "leaderElection.enabled"),  # two replicas by default
         ({"webhook": {"certificate": {"certManager": {"duration": "90 days"}}}}, "duration"),
         ({"crds": {"install": "yes"}}, "install"),
+        ({"image": {"digest": "latest"}}, "digest"),
         (
             {"webhook": {"certificate": {"existingSecret": "x", "certManager": {"enabled": True}}}},
             "existingSecret or certManager.enabled",
@@ -826,6 +832,10 @@ def test_helm_upgrade_serves_the_new_crd_schema(
         assert cluster.kubectl("get", "conpol", "keyed", "-n", namespace, "-o", "jsonpath={.spec.keyLabels}") == (
             '["customer"]'
         )
+        # The category: `kubectl get jobgate` lists every jobgate resource.
+        assert cluster.kubectl("get", "jobgate", "-n", namespace, "-o", "name").split() == [
+            "concurrencypolicy.jobgate.dev/keyed"
+        ]
         chart.uninstall(cluster, namespace)
         assert exists(cluster, "customresourcedefinition", None, CRD_NAME)  # kept
     finally:

@@ -96,7 +96,11 @@ all see the same random CA.
 {{- end }}
 
 {{- define "jobgate.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The names the API server may use to reach the webhook Service, for the serving certificate. */}}
