@@ -343,7 +343,7 @@ def test_a_namespace_whose_selectors_are_too_large_is_taken_whole_and_says_so(
         "the WebhookScoped condition",
     )["conditions"][-1]
     assert (condition["status"], condition["reason"]) == ("False", "NamespaceOnly")
-    assert "exceed CEL's size limit" in condition["message"]
+    assert "every Job of the namespace" in condition["message"]
     assert f"namespace(s) {scenario.namespace} would make" in webhook.operator.log_path.read_text()
     # The price: the API server now asks about every Job of the namespace.
     untouched = webhook.answered("untouched")

@@ -2,8 +2,8 @@
 
 Only the leader writes, so that two replicas that briefly disagree about the
 policies never undo each other's writes; a replica that stopped leading but has
-not noticed yet can write a stale condition at most once, and the leader, which
-watches the configuration, puts its own back at once. The same watch restores
+not noticed yet may write a stale condition, and the leader, which watches the
+configuration, puts its own back at once. The same watch restores
 the conditions after anything else replaced them (`helm upgrade --force`, a
 GitOps tool that owns the field). While no replica leads, the conditions stay as
 the last leader wrote them: right for every policy that has not changed since,
@@ -27,7 +27,7 @@ from urllib.parse import quote
 import aiohttp
 from kubernetes.aio import client as aio_client
 
-from jobgate.core.match_conditions import Precision, WebhookScope, webhook_scope
+from jobgate.core.match_conditions import EXPRESSION_BUDGET, TERM_BUDGET, Precision, WebhookScope, webhook_scope
 from jobgate.core.policy import ConcurrencyPolicy, Condition
 from jobgate.engine.engine import Engine
 
@@ -47,15 +47,16 @@ _NOTES = {
     Precision.NAMESPACE: (
         "False",
         "NamespaceOnly",
-        "the selectors of this namespace's policies would make the webhook's matchConditions exceed CEL's "
-        "size limit: the API server calls jobgate for every Job of the namespace, and refuses them while "
-        "jobgate is down (failurePolicy Fail)",
+        "this namespace's selectors would make the webhook's matchConditions larger than jobgate writes them "
+        f"({EXPRESSION_BUDGET} characters, {TERM_BUDGET} selectors, which the API server compiles at every change): "
+        "it calls jobgate for every Job of the namespace, and refuses them while jobgate is down",
     ),
     Precision.UNSCOPED: (
         "False",
         "Unscoped",
-        "even the list of namespaces with policies would make the webhook's matchConditions exceed CEL's "
-        "size limit: the API server calls jobgate for every Job in the webhook's scope",
+        "even the list of namespaces with policies would make the webhook's matchConditions larger than "
+        f"jobgate writes them ({EXPRESSION_BUDGET} characters): the API server calls jobgate for every Job "
+        "in the webhook's scope",
     ),
     Precision.EXCLUDED: (
         "False",
@@ -142,14 +143,14 @@ class WebhookScopeKeeper:
         )
         if coarse and not scope.conditions:
             log.warning(
-                "the webhook's matchConditions for %d namespaces with policies would exceed CEL's size limit: "
-                "it has none, and the API server calls jobgate for every Job in its scope",
+                "the webhook's matchConditions for %d namespaces with policies would be too large: it has none, "
+                "and the API server calls jobgate for every Job in its scope",
                 len(scope.precision),
             )
         elif coarse:
             log.warning(
-                "the selectors of the policies of namespace(s) %s would make the webhook's matchConditions exceed "
-                "CEL's size limit: the API server calls jobgate for every Job of those namespaces",
+                "the selectors of the policies of namespace(s) %s would make the webhook's matchConditions too "
+                "large: the API server calls jobgate for every Job of those namespaces",
                 ", ".join(coarse),
             )
         if scope.precision != before:
