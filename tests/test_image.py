@@ -134,6 +134,10 @@ def pod(
         "metrics": {"port": free_port()},
         "health": {"port": free_port()},
         "webhook": {"port": free_port()},
+        # Cluster-wide and owned by no release once applied here: the session's CRD stays the one
+        # tests/support/crd.py applied, and no role is left for a later `helm install` to collide with.
+        "crds": {"install": False},
+        "rbac": {"aggregateToDefaultRoles": False},
     }
     rendered = chart.render(cluster.tool("helm"), values, namespace=release_namespace)
     applied = [m for m in rendered if m["kind"] not in NOT_APPLIED]

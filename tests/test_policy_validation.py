@@ -66,7 +66,7 @@ def test_an_invalid_policy_is_refused_with_the_field_named(
     with pytest.raises(ToolError) as refused:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
     assert message in str(refused.value)
-    assert "bad" not in cluster.kubectl("get", "cpol", "-n", namespace, "-o", "name")
+    assert "bad" not in cluster.kubectl("get", "conpol", "-n", namespace, "-o", "name")
 
 
 def test_a_valid_policy_is_accepted_and_shown_with_its_columns(
@@ -74,8 +74,8 @@ def test_a_valid_policy_is_accepted_and_shown_with_its_columns(
 ) -> None:
     spec = {"selector": SELECTOR, "keyLabels": ["customer-id", "example.com/tier"], "maxConcurrent": 1}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
-    header = cluster.kubectl("get", "cpol", "-n", namespace).splitlines()[0].split()
+    header = cluster.kubectl("get", "conpol", "-n", namespace).splitlines()[0].split()
     assert header == ["NAME", "KEY", "LABELS", "MAX", "RUNNING", "QUEUED", "AGE"]
-    explained = cluster.kubectl("explain", "cpol.spec")
+    explained = cluster.kubectl("explain", "conpol.spec")
     for field in ("selector", "keyLabels", "maxConcurrent"):
         assert field in explained

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from jobgate._build.crd import CRD_FILE, render_crd, render_crd_yaml, render_reference_markdown
+from jobgate._build.crd import CRD_FILE, REPO, render_crd, render_crd_yaml, render_reference_markdown
 
 
 def test_the_committed_crd_is_not_stale() -> None:
-    assert CRD_FILE.read_text() == render_crd_yaml(), "crds/ is stale: run `make crds` and commit the result"
+    assert CRD_FILE.read_text() == render_crd_yaml(), f"{CRD_FILE} is stale: run `make crds` and commit the result"
 
 
 def test_the_crd_explains_every_spec_field() -> None:
@@ -29,5 +29,5 @@ def test_printer_columns_are_those_of_the_spec() -> None:
 
 
 def test_the_readme_policy_reference_is_generated_from_the_models() -> None:
-    readme = (CRD_FILE.parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert render_reference_markdown() in readme, "README's policy reference is stale: run `make crds`"

@@ -1,7 +1,8 @@
 """Generate the ConcurrencyPolicy CRD from the pydantic models (`make crds`).
 
-The committed `crds/concurrencypolicies.jobgate.dev.yaml` (also the chart's CRD)
-is this module's output; a test fails when it is stale.
+The committed `charts/jobgate/files/crds/concurrencypolicies.jobgate.dev.yaml` is
+this module's output, and the only copy: the chart renders it (templates/crd.yaml),
+`kubectl apply -f` takes it as it is. A test fails when it is stale.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pydantic import BaseModel
 
 from jobgate.core.policy import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, PolicySpec, PolicyStatus
 
-CRD_FILE = Path(__file__).resolve().parents[3] / "crds" / f"{PLURAL}.{GROUP}.yaml"
+REPO = Path(__file__).resolve().parents[3]
+CRD_FILE = REPO / "charts" / "jobgate" / "files" / "crds" / f"{PLURAL}.{GROUP}.yaml"
 
 PRINTER_COLUMNS = [
     {
@@ -168,7 +170,7 @@ def update_readme(readme: Path) -> None:
 
 def main() -> None:
     if sys.argv[1:] == ["--update-readme"]:
-        update_readme(CRD_FILE.parents[1] / "README.md")
+        update_readme(REPO / "README.md")
         return
     sys.stdout.write(render_crd_yaml())
 

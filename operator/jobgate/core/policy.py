@@ -1,6 +1,6 @@
 """The ConcurrencyPolicy resource: pydantic models that are the single source of its CRD schema.
 
-The descriptions here are what `kubectl explain cpol.spec` prints; the
+The descriptions here are what `kubectl explain conpol.spec` prints; the
 ``x-kubernetes-validations`` (CEL) and patterns are what make the API server
 refuse a bad policy at `kubectl apply`, with the field named.
 """
@@ -19,7 +19,8 @@ VERSION = "v1alpha1"
 KIND = "ConcurrencyPolicy"
 PLURAL = "concurrencypolicies"
 SINGULAR = "concurrencypolicy"
-SHORT_NAMES = ("cpol",)
+# Not "cpol": Kyverno's ClusterPolicy has it, and two CRDs with one short name make `kubectl get` ambiguous.
+SHORT_NAMES = ("conpol",)
 
 # A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
 LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"

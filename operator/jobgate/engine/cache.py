@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from jobgate.core.admission import PolicyIndex, PolicyRef
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import ConcurrencyPolicy
+from jobgate.core.policy import ConcurrencyPolicy, Condition
 
 
 @dataclass
@@ -25,6 +25,11 @@ class PolicyCache:
     # Set once policies were listed: only then may the webhook answer.
     primed: bool = False
     _policy_index: PolicyIndex | None = None  # rebuilt on first use after any policy change
+    # Called after each change to the policies (the webhook's matchConditions follow them).
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+    # More conditions for a policy's status, from outside the engine (the webhook's scope). Here, not
+    # on a term's StatusWriter: they outlive terms, as the policies do.
+    condition_sources: list[Callable[[ConcurrencyPolicy], Condition | None]] = field(default_factory=list)
 
     @property
     def policy_index(self) -> PolicyIndex:
@@ -44,13 +49,21 @@ class PolicyCache:
         self.policies[ref] = policy
         self.policy_versions[ref] = resource_version
         if changed:
-            self._policy_index = None
+            self._policies_changed()
         return changed
 
     def delete_policy(self, ref: PolicyRef) -> bool:
         self.policy_versions.pop(ref, None)
         self._policy_index = None
-        return self.policies.pop(ref, None) is not None
+        if self.policies.pop(ref, None) is None:
+            return False
+        self._policies_changed()
+        return True
+
+    def _policies_changed(self) -> None:
+        self._policy_index = None
+        for listener in self.listeners:
+            listener()
 
     def replace_policies(
         self,

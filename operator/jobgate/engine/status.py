@@ -55,6 +55,26 @@ def policy_status(
     )
 
 
+def with_conditions(
+    status: PolicyStatus, extra: list[Condition], previous: PolicyStatus | None, now: float
+) -> PolicyStatus:
+    """`status` with more conditions; each keeps its lastTransitionTime while its status stays the same."""
+    if not extra:
+        return status
+    before = {c.type: c for c in previous.conditions} if previous is not None else {}
+    stamped = [
+        c.model_copy(
+            update={
+                "lastTransitionTime": before[c.type].lastTransitionTime
+                if c.type in before and before[c.type].status == c.status
+                else format_kubernetes_time(now)
+            }
+        )
+        for c in extra
+    ]
+    return status.model_copy(update={"conditions": [*status.conditions, *stamped]})
+
+
 class StatusWriter:
     def __init__(self, api: StatusApi, clock: Any) -> None:
         self.api = api
@@ -98,6 +118,8 @@ class StatusWriter:
             previous = self.written.get(ref)
             previous_ready = next((c for c in previous.conditions if c.type == "Ready"), None) if previous else None
             status = policy_status(policy, states[ref], previous_ready, now)
+            extra = [c for c in (source(policy) for source in cache.policies.condition_sources) if c is not None]
+            status = with_conditions(status, extra, previous, now)
             metrics.set_jobs(policy, states[ref])
             if status == previous:
                 continue

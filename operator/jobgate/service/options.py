@@ -35,6 +35,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--webhook-cert", help="PEM certificate for the webhook server")
     serve.add_argument("--webhook-key", help="PEM private key for the webhook server")
     serve.add_argument("--webhook-addr", default="0.0.0.0", help="webhook listen address (default 0.0.0.0)")
+    serve.add_argument(
+        "--webhook-configuration",
+        metavar="NAME",
+        help="keep this MutatingWebhookConfiguration's matchConditions in step with the policies (leader only), "
+        "so that the API server calls the webhook only for Jobs that a policy governs",
+    )
 
     elect = parser.add_argument_group("leader election")
     elect.add_argument(

@@ -10,14 +10,17 @@ import logging
 import socket
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import kopf
 
 from jobgate.engine.engine import Engine, EngineSettings
+from jobgate.engine.webhook_scope import keep_webhook_scope
 from jobgate.kube import api as kube
 from jobgate.kube.lease import BadLeaseTiming, Leadership, LeaseTiming
 from jobgate.service import handlers
+from jobgate.service.tls import ReloadingWebhookServer
 from jobgate.telemetry.logs import setup_logging
 from jobgate.telemetry.metrics import Metrics
 
@@ -94,6 +97,10 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
 
     log.info("jobgate starting as %s, watching %s", identity, ", ".join(namespaces) or "all namespaces")
     await engine.sync_policies()
+    scoping = None
+    if args.webhook_configuration:  # the leader keeps the webhook's matchConditions in step with the policies
+        leading = (lambda: leadership.is_leader) if args.leader_elect else (lambda: True)
+        scoping = asyncio.create_task(keep_webhook_scope(api_client, args.webhook_configuration, engine, leading))
     stop_flag = stop_flag or asyncio.Event()
     elected = asyncio.create_task(leadership.run() if args.leader_elect else lead())
 
@@ -116,6 +123,9 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
     finally:
         elected.cancel()
         await asyncio.gather(elected, return_exceptions=True)
+        if scoping is not None:
+            scoping.cancel()
+            await asyncio.gather(scoping, return_exceptions=True)
         await engine.close()
         await api_client.close()
 
@@ -128,11 +138,11 @@ def configure_kopf(settings: kopf.OperatorSettings, args: argparse.Namespace) ->
     settings.watching.client_timeout = 330
     settings.watching.chunk_size = kube.LIST_PAGE  # Kopf lists in one request by default
     if args.webhook_port:
-        settings.admission.server = kopf.WebhookServer(
+        settings.admission.server = ReloadingWebhookServer(
             addr=args.webhook_addr,
             port=args.webhook_port,
-            certfile=args.webhook_cert,
-            pkeyfile=args.webhook_key,
+            cert_path=Path(args.webhook_cert),
+            key_path=Path(args.webhook_key),
         )
     settings.admission.managed = None  # the chart (or the test) owns the webhook configuration
 
