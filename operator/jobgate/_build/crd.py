@@ -18,6 +18,8 @@ from jobgate.core.policy import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERS
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "charts" / "jobgate" / "files" / "crds" / f"{PLURAL}.{GROUP}.yaml"
+# The same generated file, for `kubectl apply -f crds/` without Helm (the chart can only read its own folder).
+PUBLISHED_CRD_FILE = REPO / "crds" / f"{PLURAL}.{GROUP}.yaml"
 
 PRINTER_COLUMNS = [
     {
