@@ -22,6 +22,12 @@ from jobgate.core.policy import ConcurrencyPolicy
 Slot = tuple[str, tuple[str, ...]]
 
 
+def limit_of(policy: ConcurrencyPolicy, key: tuple[str, ...]) -> int:
+    """The key's limit, read from the spec here rather than through the operator's own lookup."""
+    named = dict(zip(policy.spec.keyLabels, key, strict=True))
+    return next((e.maxConcurrent for e in policy.spec.limits if e.key == named), policy.spec.maxConcurrent)
+
+
 class JobWatch:
     def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str) -> None:
         self.batch = kubernetes.client.BatchV1Api(api_client)
@@ -104,9 +110,8 @@ class JobWatch:
                         self.peak[slot] = max(self.peak[slot], self._running[slot])
             newly_running = view.running and (before is None or not before.running) and kind != "DELETED"
             if newly_running and view.admitted_at is not None:
-                limits = {p.name: p.spec.maxConcurrent for p in self.policies}
                 for gov in governance(self.policies, view):
-                    if self._running[(gov.policy.name, gov.key)] > limits[gov.policy.name]:
+                    if self._running[(gov.policy.name, gov.key)] > limit_of(gov.policy, gov.key):
                         self.admitted_over_limit.append(f"{view.name} took {gov.policy.name}{gov.key} over")
             for listener in self.listeners:
                 listener(seen, before, None if kind == "DELETED" else view)

@@ -35,10 +35,12 @@ CRD_NAME = "concurrencypolicies.jobgate.dev.yaml"
 NAMESPACE = "jobgate-system"
 SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "jobgate", "namespace": NAMESPACE}
 
-# What the operator may do where it governs Jobs: read Jobs and policies, patch Jobs, write policy
-# status, post Events. Checked against operator/jobgate/kube.py and Kopf's watches.
+# What the operator may do where it governs Jobs: read Jobs and policies, patch Jobs, delete queued
+# Jobs (overflow: ReplaceOldest), write policy status, post Events. Checked against
+# operator/jobgate/kube/api.py and Kopf's watches.
 GOVERNING_RULES = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["delete"]},
     {"apiGroups": ["jobgate.dev"], "resources": ["concurrencypolicies"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["jobgate.dev"], "resources": ["concurrencypolicies/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
@@ -222,6 +224,11 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_uses(defaults: list[Mani
     }
     assert binding["subjects"] == [SERVICE_ACCOUNT]
     assert one(defaults, "ServiceAccount")["metadata"]["name"] == SERVICE_ACCOUNT["name"]
+
+
+def test_deleting_queued_jobs_can_be_withheld(helm: Path) -> None:
+    cluster_role = one(render(helm, {"deleteQueuedJobs": False}), "ClusterRole")
+    assert cluster_role["rules"] == [r for r in GOVERNING_RULES if r["verbs"] != ["delete"]]
 
 
 def test_leases_only_in_the_release_namespace(defaults: list[Manifest]) -> None:
@@ -540,7 +547,7 @@ def test_service_account_may_do_what_the_operator_does_and_no_more(
     assert may("create", "events", ns)
     assert may("create", "leases.coordination.k8s.io", ns)
     assert may("update", "leases.coordination.k8s.io/jobgate-leader", ns)
-    assert not may("delete", "jobs.batch", ns)
+    assert may("delete", "jobs.batch", ns)  # queued ones, pushed out of a full queue (deleteQueuedJobs)
     assert not may("create", "jobs.batch", ns)
     assert not may("patch", "concurrencypolicies.jobgate.dev", ns)
     assert not may("update", "leases.coordination.k8s.io/someone-elses", ns)

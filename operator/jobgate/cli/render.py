@@ -15,6 +15,7 @@ from typing import Literal, TextIO
 import yaml
 
 from jobgate.cli.report import (
+    KeyStatus,
     PolicySummary,
     QueueReport,
     StatusReport,
@@ -142,6 +143,8 @@ def _status(report: StatusReport, paint: _Paint) -> list[str]:
 def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     title = paint(f"{policy.namespace}/{policy.name}", BOLD)
     limit = _limit(policy.max_concurrent, policy.key_labels)
+    if policy.max_queued is not None:
+        limit += f", queue {policy.max_queued} ({policy.overflow})"
     if not policy.keys:
         held = f", {policy.held} held" if policy.held else ""
         return [f"{title}: {limit}; nothing running or queued{held}"]
@@ -149,11 +152,11 @@ def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     rows = [
         [
             describe_key(k.key),
-            _usage(k.running, policy.max_concurrent),
+            _usage(k.running, k.max_concurrent),
             str(k.queued),
             str(k.held),
             human_duration(k.oldest_wait) if k.oldest_wait is not None else "-",
-            _Cell(f"{k.admissible} admitted next", GREEN) if k.admissible else "",
+            _key_note(k, policy),
         ]
         for k in policy.busiest_keys
     ]
@@ -162,6 +165,15 @@ def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     if policy.more_keys:
         lines.append(paint(f"  ... and {policy.more_keys} more key(s) (--limit 0 shows all)", DIM))
     return lines
+
+
+def _key_note(k: KeyStatus, policy: PolicySummary) -> _Cell | str:
+    notes = [f"{k.admissible} admitted next"] if k.admissible else []
+    if k.own_limit:
+        notes.append("own limit")
+    if policy.max_queued is not None and k.queued >= policy.max_queued:
+        notes.append(f"queue full ({k.queued}/{policy.max_queued}, {policy.overflow})")
+    return _Cell("; ".join(notes), GREEN if k.admissible else "") if notes else ""
 
 
 def _queue(report: QueueReport, paint: _Paint) -> list[str]:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jobgate.core import admission, patches
+from jobgate.core.admission import describe_key
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy
-from jobgate.engine import watches
+from jobgate.engine import evictions, watches
 from jobgate.engine.cache import ClusterCache
 from jobgate.engine.status import StatusWriter
 from jobgate.engine.watches import JobStream
@@ -58,6 +59,10 @@ class ClusterApi(Protocol):
 
     async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
 
+    async def delete_job(self, job: JobView) -> bool:
+        """Delete the Job at the version given; False when it is gone or changed since."""
+        ...
+
     async def post_event(self, job: JobView, type_: str, reason: str, message: str) -> None: ...
 
 
@@ -72,12 +77,6 @@ class EngineSettings:
     # Events are best effort and must never take the connections admissions and the Lease need:
     # a burst of new Jobs once queued thousands of Queued events ahead of every admission.
     event_concurrency: int = 4
-
-
-def describe_key(policy: ConcurrencyPolicy, key: admission.Key) -> str:
-    if not key:
-        return "(all Jobs)"
-    return ",".join(f"{label}={value}" for label, value in zip(policy.spec.keyLabels, key, strict=True))
 
 
 class Engine:
@@ -380,6 +379,10 @@ class Engine:
         for job in plan.release:
             if job.uid not in self._writing:
                 self._write(job, self._release(job))
+        for job in plan.evict:  # full ReplaceOldest queues: see evictions.py
+            if job.uid not in self._writing:
+                govs = self.cache.policy_index.governance_of(job)
+                self._write(job, evictions.evict(self.api, job, govs, self.metrics, self._post, self._after_eviction))
         return plan
 
     def _write(self, job: JobView, write: Coroutine[Any, Any, None]) -> None:
@@ -410,17 +413,23 @@ class Engine:
         async with self._write_limit:
             body = await self.api.patch_job(job.namespace, job.name, patch)
         if body is None:
-            # Refused: the Job changed since the decision. If the watch brought the change while
-            # the patch was in flight, no event is left to wake the decision up: wake it now.
-            cached = self.cache.jobs.get(job.uid)
-            if cached is not None and cached.resource_version > job.resource_version:
-                self.wake()
-            else:
-                self._refused.add(job.uid)
+            self._refused_write(job)
             return None
         view = JobView.from_body(body)
         self._store(view)  # a released Job, say, is forgotten here: no watch may bring it again
         return view
+
+    def _refused_write(self, job: JobView) -> None:
+        """A write decided on `job` was refused: the Job changed since. Decide again on the change.
+
+        If the watch brought the change while the write was in flight, no event is left to
+        wake the decision up (a status-only change wakes none): wake it now.
+        """
+        cached = self.cache.jobs.get(job.uid)
+        if cached is not None and cached.resource_version > job.resource_version:
+            self.wake()
+        else:
+            self._refused.add(job.uid)
 
     async def _admit(self, job: JobView, policies: list[ConcurrencyPolicy], triggered_at: float | None) -> None:
         now = self.clock()
@@ -469,6 +478,12 @@ class Engine:
         if done is not None:
             self._post(job, "Normal", "Released", "Unsuspended: no ConcurrencyPolicy governs this Job any more")
 
+    def _after_eviction(self, job: JobView, outcome: evictions.Outcome) -> None:
+        if outcome == "refused":
+            self._refused_write(job)
+        elif outcome == "failed":
+            self._retry_later()
+
     def _retry_later(self, delay: float = 1.0) -> None:
         async def retry() -> None:
             await asyncio.sleep(delay)
@@ -499,7 +514,7 @@ class Engine:
             for gov in govs:
                 parts.append(
                     f"policy {gov.policy.name} key {describe_key(gov.policy, gov.key)} "
-                    f"({running.get(gov.slot, 0)}/{gov.policy.spec.maxConcurrent} running)"
+                    f"({running.get(gov.slot, 0)}/{gov.policy.limit_for(gov.key)} running)"
                 )
                 if gov.missing_labels:
                     self._post(

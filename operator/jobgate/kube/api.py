@@ -106,7 +106,9 @@ class KubeApi:
         content_type: str = "application/json",
         timeout: float | None = None,
     ) -> tuple[int, Any]:
-        method = {"list": "GET", "get": "GET", "patch": "PATCH", "create": "POST", "update": "PUT"}[verb]
+        method = {"list": "GET", "get": "GET", "patch": "PATCH", "create": "POST", "update": "PUT", "delete": "DELETE"}[
+            verb
+        ]
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         response = await self._send(method, path, query, headers, body, timeout)
         data = await response.read()
@@ -233,6 +235,27 @@ class KubeApi:
                 return None
             raise
         return body  # type: ignore[no-any-return]
+
+    async def delete_job(self, job: JobView) -> bool:
+        """Delete the Job if it is still the version decided on; False when it is gone or has changed since.
+
+        The preconditions make a deletion that races an admission lose: a Job admitted
+        meanwhile has a newer resourceVersion, and a running Job is never deleted.
+        """
+        path = f"/apis/batch/v1/namespaces/{quote(job.namespace)}/jobs/{quote(job.name)}"
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",  # its pods (none: it never ran) go with it
+            "preconditions": {"uid": job.uid, "resourceVersion": str(job.resource_version)},
+        }
+        try:
+            await self.request("delete", path, "jobs", body=options, timeout=self.write_timeout)
+        except ApiError as e:
+            if e.status in (404, 409):  # gone, or changed since we decided
+                return False
+            raise
+        return True
 
     async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}/status"

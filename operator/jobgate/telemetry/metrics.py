@@ -46,6 +46,12 @@ class Metrics:
             registry=r,
         )
         self.leader = Gauge("jobgate_leader", "1 while this replica holds the leader Lease and admits", registry=r)
+        self.evictions = Counter(
+            "jobgate_evictions",
+            "Queued Jobs deleted because newer ones filled their key's queue (overflow: ReplaceOldest)",
+            ["namespace", "policy"],
+            registry=r,
+        )
         self.webhook_requests = Counter(
             "jobgate_webhook_requests", "Job CREATE admission reviews answered", ["result"], registry=r
         )
@@ -54,6 +60,9 @@ class Metrics:
     def admitted(self, policy: ConcurrencyPolicy, waited: float) -> None:
         self.admissions.labels(policy.namespace, policy.name).inc()
         self.queue_wait.labels(policy.namespace, policy.name).observe(waited)
+
+    def evicted(self, policy: ConcurrencyPolicy) -> None:
+        self.evictions.labels(policy.namespace, policy.name).inc()
 
     def set_jobs(self, policy: ConcurrencyPolicy, running: int, queued: int) -> None:
         self._policies.add((policy.namespace, policy.name))
