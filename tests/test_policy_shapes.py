@@ -1,4 +1,4 @@
-"""Policy shapes on the real local control plane (issue 12): per-key limits, bounded queues.
+"""Policy shapes on the real local control plane (issue 12): per-key limits, bounded queues, CronJobs.
 
 The examples are applied exactly as written. Each test also checks, through
 an independent watch of the API, that no admission ever took a key over its
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,44 @@ def test_reject_refuses_a_job_beyond_the_bound_at_creation(request: pytest.Fixtu
     scenario.watch.wait_for(lambda w: "second" in w.running(), "second admitted")
     scenario.job("third", labels, suspend=False)  # room again
     assert_never_over_admitted(scenario.watch)
+
+
+# --- CronJobs ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cronjob_cleanup(scenario: Scenario) -> Iterator[None]:
+    yield
+    # The CronJob would go on firing until the namespace is gone: stop it first.
+    scenario.batch.delete_namespaced_cron_job("sales-report", scenario.namespace)
+
+
+def test_a_cronjob_runs_two_at_once_and_its_newest_run_waits(scenario: Scenario, cronjob_cleanup: None) -> None:
+    scenario.start_operator()
+    apply_example(scenario, "cronjob-two-runs-at-once.yaml")
+    policy = governed(scenario, "sales-report-runs")
+    scenario.wait_leader_synced(policy.name)
+    deletions = Deletions(scenario)
+    # Runs started by hand from the CronJob ("run it now"), then the CronJob's own, within a minute.
+    for i in range(1, 5):
+        kubectl(scenario, "create", "job", f"manual-{i}", "--from=cronjob/sales-report")
+    scenario.watch.wait_for(lambda w: {"manual-1", "manual-2"} <= w.running(), "two runs running")
+    scenario.watch.wait_for(lambda w: "manual-3" not in w.jobs, "manual-3 replaced by manual-4")
+    replaced(scenario, "manual-3")
+    assert scenario.suspended("manual-4")
+
+    scenario.watch.wait_for(
+        lambda w: any(name.startswith("sales-report-") for name in w.jobs), "the CronJob's scheduled run", timeout=90
+    )
+    [scheduled] = [name for name in scenario.watch.jobs if name.startswith("sales-report-")]
+    owner = scenario.batch.read_namespaced_job(scheduled, scenario.namespace).metadata.owner_references[0]
+    assert (owner.kind, owner.name) == ("CronJob", "sales-report")
+    scenario.watch.wait_for(lambda w: "manual-4" not in w.jobs, "manual-4 replaced by the scheduled run")
+    replaced(scenario, "manual-4")
+    assert scenario.suspended(scheduled)
+    kubectl(scenario, "get", "cronjob,jobs")
+    kubectl(scenario, "get", "cpol", "-o", "wide")
+    jobgate_cli(scenario, "status")
+    assert_never_over_admitted(scenario.watch)
+    assert scenario.watch.peak[(policy.name, ())] == 2
+    assert deletions.running == [] and sorted(deletions.queued) == ["manual-3", "manual-4"]
