@@ -42,20 +42,25 @@ def job(
     priority: int = 0,
     created: float = 1.0,
     queued_at: float | None = None,
+    marked: bool = True,  # carries jobgate's queued mark (queued-at, as the webhook sets it, at creation)
     admitted: bool = False,
     namespace: str = NS,
+    foreign: str | None = None,
+    uid: str | None = None,
+    rv: int = 1,
 ) -> JobView:
     return JobView(
-        uid=f"uid-{namespace}-{name}",
+        uid=uid or f"uid-{namespace}-{name}",
         namespace=namespace,
         name=name,
         labels=labels,
-        resource_version=1,
+        resource_version=rv,
         created=created,
         suspended=suspended,
         finished=finished,
         held=held,
         priority=priority,
         admitted_at=5.0 if admitted else None,
-        queued_at=queued_at,
+        queued_at=queued_at if queued_at is not None or not marked else created,
+        foreign=foreign,
     )

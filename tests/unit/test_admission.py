@@ -125,7 +125,7 @@ def test_jobs_of_other_namespaces_are_not_governed() -> None:
 
 def test_queued_jobs_that_nothing_governs_any_more_are_released() -> None:
     ours = job("ours", {"app": "gone"}, queued_at=1.0)
-    theirs = job("theirs", {"app": "gone"}, queued_at=None)
+    theirs = job("theirs", {"app": "gone"}, marked=False)  # its owner suspended it
     assert names(plan([], [ours, theirs]).release) == ["ours"]
 
 
@@ -329,7 +329,8 @@ class RefJob:
     priority: int
     created: float
     admitted: bool  # carries jobgate.dev/admitted-at
-    queued_at: float | None  # carries jobgate.dev/queued-at
+    marked: bool  # carries jobgate's queued mark (jobgate.dev/queued-at)
+    foreign: str | None  # why another controller owns its suspension (Kueue, managedBy, a JobSet)
 
     @property
     def uid(self) -> str:
@@ -344,9 +345,10 @@ class RefJob:
             held=self.held,
             priority=self.priority,
             created=self.created,
-            queued_at=self.queued_at,
+            marked=self.marked,
             admitted=self.admitted,
             namespace=self.namespace,
+            foreign=self.foreign,
         )
 
 
@@ -405,12 +407,13 @@ def ref_order(j: RefJob) -> tuple[int, float, str, str]:
 
 
 def ref_holds_slot(j: RefJob, assumed: frozenset[str]) -> bool:
-    return not j.finished and (not j.suspended or j.uid in assumed)
+    """Another controller's Job is never counted; any other unfinished Job runs unless suspended (or is assumed)."""
+    return j.foreign is None and not j.finished and (not j.suspended or j.uid in assumed)
 
 
 def ref_waits(j: RefJob, assumed: frozenset[str]) -> bool:
-    """Queued: suspended, not finished, not on hold, not being admitted."""
-    return j.suspended and not j.finished and not j.held and j.uid not in assumed
+    """Queued: suspended with jobgate's mark, not another controller's, not finished, on hold, or being admitted."""
+    return j.suspended and j.marked and j.foreign is None and not j.finished and not j.held and j.uid not in assumed
 
 
 @dataclass
@@ -444,11 +447,7 @@ def reference_plan(world: World) -> RefPlan:
             intruders.update(m.uid for m in late[max(0, limit(slot) - len(legit)) :])
     resuspend = [j.name for j in sorted(world.jobs, key=ref_order) if j.uid in intruders]
 
-    release = [
-        j.name
-        for j in world.jobs
-        if ref_waits(j, assumed) and not ref_slots(policies, j) and j.queued_at is not None and not j.admitted
-    ]
+    release = [j.name for j in world.jobs if ref_waits(j, assumed) and not ref_slots(policies, j) and not j.admitted]
 
     admitted: list[RefJob] = []
     while True:
@@ -542,7 +541,6 @@ def worlds(draw: st.DrawFn) -> World:
                 },
             )
         )
-        created = float(draw(st.integers(0, 5)))
         jobs.append(
             RefJob(
                 namespace=draw(st.sampled_from(NAMESPACES)),
@@ -552,9 +550,10 @@ def worlds(draw: st.DrawFn) -> World:
                 finished=draw(st.booleans()) and draw(st.booleans()),
                 held=draw(st.booleans()) and draw(st.booleans()),
                 priority=draw(st.integers(0, 2)),
-                created=created,
+                created=float(draw(st.integers(0, 5))),
                 admitted=draw(st.booleans()),  # running without it, after the policy: the backstop's business
-                queued_at=created if draw(st.booleans()) else None,
+                marked=draw(st.booleans()) or draw(st.booleans()),
+                foreign="managed by kueue" if draw(st.integers(0, 9)) == 0 else None,
             )
         )
     assumed = frozenset(j.uid for j in jobs if j.suspended and draw(st.booleans()) and draw(st.booleans()))

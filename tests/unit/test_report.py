@@ -157,7 +157,7 @@ def test_why_an_ungoverned_job_names_the_policies_that_do_not_match() -> None:
 
 
 def test_why_in_a_namespace_without_policies() -> None:
-    mine = job("mine", {"app": "x"}, created=1)
+    mine = job("mine", {"app": "x"}, created=1, marked=False)
     report = why_report(mine, [], [mine], NOW)
     assert not report.release
     assert report.summary == (

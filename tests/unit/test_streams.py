@@ -8,6 +8,7 @@ from jobgate.core.jobs import QUEUED_LABEL, JobView
 from jobgate.core.policy import ConcurrencyPolicy
 from jobgate.engine.watches import JobStream, wanted
 from localcluster.manifests import policy_manifest
+from tests.support import views
 
 
 def policy(name: str, namespace: str, selector: dict[str, Any]) -> ConcurrencyPolicy:
@@ -19,7 +20,7 @@ def policy(name: str, namespace: str, selector: dict[str, Any]) -> ConcurrencyPo
 
 
 def job(namespace: str, labels: dict[str, str]) -> JobView:
-    return JobView("u", namespace, "j", labels, 1, 0.0, suspended=True, finished=False, held=False)
+    return views.job("j", labels, uid="u", created=0.0, namespace=namespace)
 
 
 EXPORTS = {"matchLabels": {"app": "export"}}

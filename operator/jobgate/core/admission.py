@@ -101,7 +101,7 @@ class KeyState:
 
     running: list[JobView] = field(default_factory=list)
     queued: list[JobView] = field(default_factory=list)  # in admission order once tallied
-    held: list[JobView] = field(default_factory=list)
+    held: list[JobView] = field(default_factory=list)  # on hold, or suspended by someone else
 
 
 def is_running(job: JobView, assumed: Collection[str]) -> bool:
@@ -126,7 +126,7 @@ def tally(
     index = index or PolicyIndex(policies)
     states: dict[PolicyRef, dict[Key, KeyState]] = {policy_ref(p): {} for p in policies}
     for job in jobs:
-        if job.finished:
+        if job.finished or job.foreign is not None:
             continue
         for gov in index.governance_of(job):
             ref, key = gov.slot
@@ -185,16 +185,18 @@ def plan(
 
     governance_of = index.governance_of
     for job in jobs:
-        if job.finished:
-            continue
+        if job.finished or job.foreign is not None:
+            continue  # holds no slot; another controller's Job is never counted nor touched
         govs = governance_of(job)
         if not job.suspended or job.uid in assumed:  # is_running, inlined: this loop sees every Job
             for gov in govs:
                 running[gov.slot].append(job)
+        elif not job.queued:
+            continue  # held, or suspended by someone else (no queued mark): never unsuspended
         elif not govs:
-            if job.queued and job.queued_at is not None and job.admitted_at is None:
+            if job.admitted_at is None:
                 result.release.append(job)
-        elif not job.held:  # is_queued: suspended, not finished, not held, not assumed
+        else:
             candidates.append((job, govs))
 
     # Backstop: Jobs unsuspended without our admission, after the policy existed,
@@ -321,7 +323,9 @@ def queue_full(gov: Governance, jobs: Iterable[JobView]) -> QueueFull | None:
         return None
     running = queued = 0
     for job in jobs:
-        if job.finished or not any(g.slot == gov.slot for g in governance([gov.policy], job)):
+        if job.finished or job.foreign is not None:
+            continue  # holds no slot, as in `plan`; another controller's Job is never counted
+        if not any(g.slot == gov.slot for g in governance([gov.policy], job)):
             continue
         if job.running:
             running += 1

@@ -9,8 +9,7 @@ and the API server refuses to delete it. Running Jobs are never deleted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable, Sequence
 
 from jobgate.core import admission
 from jobgate.core.jobs import JobView
@@ -18,16 +17,10 @@ from jobgate.telemetry.metrics import Metrics
 
 log = logging.getLogger("jobgate.engine")
 
-
-class DeletingApi(Protocol):
-    async def delete_job(self, job: JobView) -> bool:
-        """Delete the Job at the version given; False when it is gone or changed since."""
-        ...
-
-
+# Deletes the Job at the version given: False when it is gone or changed since; raises when the
+# outcome is unknown or nothing was sent. The engine's, which gates it like every write.
+Delete = Callable[[JobView], Awaitable[bool]]
 Post = Callable[[JobView, str, str, str], None]  # (job, type, reason, message): an Event, best effort
-# refused: gone, or changed since the decision (e.g. admitted, or only its status written); failed: unknown.
-Outcome = Literal["deleted", "refused", "failed"]
 
 
 def why(governors: Sequence[admission.Governance]) -> str:
@@ -42,29 +35,18 @@ def why(governors: Sequence[admission.Governance]) -> str:
 
 
 async def evict(
-    api: DeletingApi,
-    job: JobView,
-    governors: Sequence[admission.Governance],
-    metrics: Metrics,
-    post: Post,
-    then: Callable[[JobView, Outcome], None],
+    delete: Delete, job: JobView, governors: Sequence[admission.Governance], metrics: Metrics, post: Post
 ) -> None:
-    """Delete one queued Job that a full ReplaceOldest queue pushed out, and say so in an Event.
-
-    `then` hears the outcome, so that a refused or failed deletion is decided again.
-    """
+    """Delete one queued Job that a full ReplaceOldest queue pushed out, and say so in an Event."""
     try:
-        deleted = await api.delete_job(job)
-    except Exception:
-        log.exception("deleting Job %s/%s from its full queue failed", job.namespace, job.name)
-        then(job, "failed")
+        deleted = await delete(job)
+    except Exception as e:  # decided again later: gone by then, or still over the bound
+        log.warning("deleting queued Job %s/%s failed: %s", job.namespace, job.name, str(e) or type(e).__name__)
         return
     if not deleted:
-        then(job, "refused")
-        return
+        return  # gone already, or changed (admitted, held, relabeled): decided again on the change
     log.info("deleted queued Job %s/%s: its queue was full", job.namespace, job.name)
     for gov in governors:
         if gov.policy.spec.replaces_oldest:
             metrics.evicted(gov.policy)
     post(job, "Warning", "Replaced", why(governors))
-    then(job, "deleted")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from jobgate.core import admission
 from jobgate.core.policy import MAX_BUSIEST_KEYS, ConcurrencyPolicy, Condition, KeyCount, PolicyStatus
 from jobgate.core.timestamps import format_kubernetes_time
-from jobgate.engine.cache import ClusterCache
+from jobgate.engine.cache import JobCache
 from jobgate.telemetry.metrics import Metrics
+
+log = logging.getLogger("jobgate.status")
+FAILURE_LOG_SECONDS = 60.0
 
 
 class StatusApi(Protocol):
@@ -71,16 +75,37 @@ class StatusWriter:
         self.clock = clock
         self.dirty = True
         self.written: dict[admission.PolicyRef, PolicyStatus] = {}
+        self._forbidden_reported = False
+        self._last_failure_log = float("-inf")
 
     def mark_dirty(self) -> None:
         self.dirty = True
 
-    async def write(self, cache: ClusterCache, assumed: Collection[str], metrics: Metrics) -> None:
+    def _report_failure(self, policy: ConcurrencyPolicy, error: Exception) -> None:
+        """Say why a status was not written: a 403 once (RBAC will not fix itself), others once a minute."""
+        forbidden = getattr(error, "status", None) == 403
+        now = self.clock()
+        if forbidden and self._forbidden_reported:
+            return
+        if not forbidden and now - self._last_failure_log < FAILURE_LOG_SECONDS:
+            return
+        self._forbidden_reported |= forbidden
+        self._last_failure_log = now
+        log.warning(
+            "could not write the status of ConcurrencyPolicy %s/%s: %s%s",
+            policy.namespace,
+            policy.name,
+            error,
+            " (jobgate needs patch on concurrencypolicies/status)" if forbidden else "; retrying",
+        )
+
+    async def write(self, cache: JobCache, assumed: Collection[str], metrics: Metrics) -> None:
+        """Write each policy's status from the term's Jobs (`cache`) and the admissions it assumes."""
         if not self.dirty or not cache.primed:
             return
         self.dirty = False
-        policies = list(cache.policies.values())
-        states = admission.tally(policies, cache.jobs.values(), assumed, cache.policy_index)
+        policies = list(cache.policies.policies.values())
+        states = admission.tally(policies, cache.jobs.values(), assumed, cache.policies.policy_index)
         now = self.clock()
         for policy in policies:
             ref = (policy.namespace, policy.name)
@@ -93,8 +118,9 @@ class StatusWriter:
             try:
                 await self.api.patch_policy_status(policy.namespace, policy.name, status.model_dump(exclude_none=True))
                 self.written[ref] = status
-            except Exception:
+            except Exception as e:
                 self.dirty = True  # try again on the next tick
-        alive = set(cache.policies)
+                self._report_failure(policy, e)
+        alive = set(cache.policies.policies)
         metrics.forget_policies_except(alive)
         self.written = {ref: s for ref, s in self.written.items() if ref in alive}

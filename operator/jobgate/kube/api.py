@@ -40,6 +40,10 @@ class ApiError(Exception):
         super().__init__(f"{method} {path}: {status} {message}")
 
 
+class NotLeading(Exception):
+    """A Job write was not sent: this replica could not prove that it holds the Lease now."""
+
+
 class WatchExpired(Exception):
     """410 Gone: the watch's resourceVersion is older than the API server keeps; LIST again."""
 
@@ -89,12 +93,19 @@ def _namespaced(namespace: str | None, api: str, plural: str) -> str:
 class KubeApi:
     """Implements engine.ClusterApi and status.StatusApi."""
 
-    def __init__(self, api_client: aio_client.ApiClient, metrics: Metrics, write_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        api_client: aio_client.ApiClient,
+        metrics: Metrics,
+        write_timeout: float = 5.0,
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.client = api_client
         self.metrics = metrics
-        # An admission in flight when leadership is lost must land (or fail) before a
-        # successor could act: keep this below lease duration minus renew deadline.
+        # A Job write must end before a successor could take the Lease: both bounds come from
+        # lease.LeaseTiming, whose inequality run.py checks at start-up.
         self.write_timeout = write_timeout
+        self.may_write = may_write
 
     async def request(
         self,
@@ -105,12 +116,23 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float | None = None,
+        fenced: bool = False,
     ) -> tuple[int, Any]:
-        method = {"list": "GET", "get": "GET", "patch": "PATCH", "create": "POST", "update": "PUT", "delete": "DELETE"}[
-            verb
-        ]
+        """One API call. `fenced`: a leader's write, sent only if the Lease is provably held at that moment."""
+        method = {
+            "list": "GET",
+            "get": "GET",
+            "patch": "PATCH",
+            "create": "POST",
+            "update": "PUT",
+            "delete": "DELETE",
+        }[verb]
         headers = {"Content-Type": content_type, "Accept": "application/json"}
-        response = await self._send(method, path, query, headers, body, timeout)
+        if fenced:
+            # The API server stops working on the request when this ends, too: a write that reached
+            # it late cannot be applied after the client gave up, beyond the server's own latency.
+            query = {**(query or {}), "timeout": f"{timeout or self.write_timeout:g}s"}
+        response = await self._send(method, path, query, headers, body, timeout, fenced)
         data = await response.read()
         self.metrics.api_requests.labels(verb, resource, str(response.status)).inc()
         if not 200 <= response.status < 300:
@@ -125,6 +147,7 @@ class KubeApi:
         headers: Mapping[str, str],
         body: Any = None,
         timeout: float | aiohttp.ClientTimeout | None = None,
+        fenced: bool = False,
     ) -> Any:
         """The client's response, its body not read yet."""
         serialized = await self.client.param_serialize(
@@ -135,6 +158,10 @@ class KubeApi:
             body=body,
             auth_settings=["BearerToken"],
         )
+        # Checked here, after the last await before the request leaves: nothing can run in between.
+        if fenced and not self.may_write():
+            self.metrics.api_requests.labels(method.lower(), "fenced", "not-sent").inc()
+            raise NotLeading(f"not sent: the Lease is not provably held now ({method} {path})")
         return await self.client.call_api(*serialized, _request_timeout=timeout)
 
     async def _list(
@@ -228,7 +255,7 @@ class KubeApi:
         path = f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}"
         try:
             _, body = await self.request(
-                "patch", path, "jobs", body=patch, content_type=JSON_PATCH, timeout=self.write_timeout
+                "patch", path, "jobs", body=patch, content_type=JSON_PATCH, timeout=self.write_timeout, fenced=True
             )
         except ApiError as e:
             if e.status in (404, 409, 422):  # gone, or changed since we decided: not an error
@@ -250,7 +277,7 @@ class KubeApi:
             "preconditions": {"uid": job.uid, "resourceVersion": str(job.resource_version)},
         }
         try:
-            await self.request("delete", path, "jobs", body=options, timeout=self.write_timeout)
+            await self.request("delete", path, "jobs", body=options, timeout=self.write_timeout, fenced=True)
         except ApiError as e:
             if e.status in (404, 409):  # gone, or changed since we decided
                 return False

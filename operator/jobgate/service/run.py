@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -16,7 +17,7 @@ import kopf
 
 from jobgate.engine.engine import Engine, EngineSettings
 from jobgate.kube import api as kube
-from jobgate.kube.lease import Leadership, LeaseTiming
+from jobgate.kube.lease import BadLeaseTiming, Leadership, LeaseTiming
 from jobgate.service import handlers
 from jobgate.telemetry.logs import setup_logging
 from jobgate.telemetry.metrics import Metrics
@@ -67,11 +68,30 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="namespace of the Lease (default: $POD_NAMESPACE or 'default')",
     )
     elect.add_argument("--lease-name", default="jobgate-leader", help="name of the Lease (default jobgate-leader)")
-    elect.add_argument("--lease-seconds", type=float, default=15.0, help="Lease duration (default 15)")
+    elect.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=15.0,
+        help="Lease duration (default 15); the other timings default to fixed shares of it",
+    )
+    elect.add_argument("--renew-deadline", type=float, help="stop leading when no renewal succeeded for this long")
+    elect.add_argument("--retry-period", type=float, help="renew the Lease this often")
+    elect.add_argument("--write-timeout", type=float, help="give up on a Job write after this long")
 
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-format", choices=["text", "json"], default="text", help="one event per line")
     logs.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def lease_timing(args: argparse.Namespace) -> LeaseTiming:
+    """The Lease timings from the flags; raises BadLeaseTiming, naming the inequality, if they are unsafe."""
+    scaled = LeaseTiming.for_lease(float(args.lease_seconds))
+    return dataclasses.replace(
+        scaled,
+        renew_seconds=args.renew_deadline or scaled.renew_seconds,
+        retry_seconds=args.retry_period or scaled.retry_seconds,
+        write_timeout=args.write_timeout or scaled.write_timeout,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
             "error: --webhook-port needs --webhook-cert and --webhook-key (and they need the port)",
             file=sys.stderr,
         )
+        return 2
+    try:
+        lease_timing(args)
+    except BadLeaseTiming as e:
+        print(f"error: unsafe leader election flags: {e}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(operate(args))
@@ -92,10 +117,14 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     api_client = await kube.connect(args.kubeconfig, args.context)
-    api = kube.KubeApi(api_client, metrics, write_timeout=max(1.0, args.lease_seconds / 4))
+    timing = lease_timing(args)
+    api = kube.KubeApi(api_client, metrics, write_timeout=timing.write_timeout)
     namespaces = tuple(args.namespaces or ())
     engine_settings = EngineSettings(
-        namespaces=namespaces, job_selector=args.job_selector, resync_seconds=args.resync_seconds
+        namespaces=namespaces,
+        job_selector=args.job_selector,
+        resync_seconds=args.resync_seconds,
+        landing_seconds=timing.landing_seconds,
     )
     engine = Engine(api, engine_settings, metrics)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -107,15 +136,9 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
         finally:
             metrics.leader.set(0)
 
-    lease = float(args.lease_seconds)
-    leadership = Leadership(
-        api,
-        args.leader_election_namespace,
-        args.lease_name,
-        identity,
-        lead,
-        LeaseTiming(lease_seconds=lease, renew_seconds=lease * 2 / 3, retry_seconds=lease / 7),
-    )
+    leadership = Leadership(api, args.leader_election_namespace, args.lease_name, identity, lead, timing)
+    if args.leader_elect:
+        api.may_write = leadership.may_write  # every Job write proves the Lease is held as it leaves
 
     registry = kopf.OperatorRegistry()
     kopf_settings = kopf.OperatorSettings()
