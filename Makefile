@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PY_SOURCES := operator localcluster tests $(wildcard bench)
 
-.PHONY: help venv binaries cluster cluster-down test unit lint crds demo bench clean
+.PHONY: help venv binaries cluster cluster-down test unit lint crds demo bench image clean
 
 help:
 	@echo "make demo         run jobgate on a local control plane and watch it gate Jobs"
@@ -15,6 +15,12 @@ help:
 	@echo "make cluster-down stop it"
 	@echo "make crds         regenerate crds/ from the pydantic models"
 	@echo "make bench        run the benchmarks and write bench/results/"
+	@echo "make unit         the unit tests alone: no cluster, no built binary"
+	@echo "make lint         ruff, mypy and hadolint"
+	@echo "make binaries     build the control plane's binaries into ~/.cache/jobgate (once)"
+	@echo "make venv         the virtualenv in .venv with jobgate and its test tools"
+	@echo "make clean        remove .venv, .cluster and the tools' caches"
+	@echo "make image        build the operator image (Docker, else buildah) and write build/image/*.tar"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,5 +68,10 @@ bench: binaries
 	$(PY) -m bench
 	$(PY) -m bench refill --set refill.jobs=200 --set refill.keys=20 --out bench/results/light-load
 
+# Docker where its engine answers, else buildah (storage in ~/.cache/jobgate/containers) on a Debian
+# base made by debootstrap; an unchanged image is reused. Writes an OCI archive and a docker-archive.
+image: $(STAMP)
+	$(PY) -m localcluster.image
+
 clean:
-	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache build/image

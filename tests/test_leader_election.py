@@ -32,7 +32,7 @@ def is_leader(operator: OperatorProcess) -> bool:
 
 
 def admissions(operator: OperatorProcess, scenario: Scenario, policy: str) -> float:
-    return value(samples(operator), "jobgate_admissions_total", namespace=scenario.namespace, policy=policy)
+    return value(samples(operator), "jobgate_admissions_total", policy_namespace=scenario.namespace, policy=policy)
 
 
 def test_two_replicas_gate_together_and_the_survivor_of_a_kill_takes_over_after_the_lease(

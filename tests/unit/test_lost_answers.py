@@ -151,3 +151,19 @@ def test_a_definite_refusal_frees_the_slot_at_once(refusal: Exception) -> None:
         await engine.close()
 
     asyncio.run(scenario())
+
+
+def test_an_admission_found_to_have_landed_is_counted_once() -> None:
+    async def scenario() -> float:
+        clock = Clock()
+        api = LossyApi(failure=TimeoutError())
+        engine = leading_engine(api, EngineSettings(landing_seconds=LANDING), monotonic=clock)
+        engine.observe_job(None, api.add("first", 10))
+        term_of(engine).jobs.primed = True
+        assert admitted_names(api, engine) == ["first"]
+        await settle()
+        engine.observe_job("MODIFIED", api.jobs["first"])  # the watch shows the patch landed
+        await engine.close()
+        return sum(s.value for s in engine.metrics.admissions.collect()[0].samples if s.name.endswith("_total"))
+
+    assert asyncio.run(scenario()) == 1

@@ -34,6 +34,10 @@ class Governance:
     def __post_init__(self) -> None:
         object.__setattr__(self, "slot", ((self.policy.namespace, self.policy.name), self.key))
 
+    @property
+    def key_text(self) -> str:
+        return describe_key(key_dict(self.policy, self.key))
+
 
 def policy_ref(policy: ConcurrencyPolicy) -> PolicyRef:
     return (policy.namespace, policy.name)
@@ -41,6 +45,13 @@ def policy_ref(policy: ConcurrencyPolicy) -> PolicyRef:
 
 def key_dict(policy: ConcurrencyPolicy, key: Key) -> dict[str, str]:
     return dict(zip(policy.spec.keyLabels, key, strict=True))
+
+
+def describe_key(key: Mapping[str, str]) -> str:
+    """``customer-id=42,region=eu`` (an empty value shown as ""); a policy without key labels has one key."""
+    if not key:
+        return "(all Jobs)"
+    return ",".join(f"{label}={value}" if value else f'{label}=""' for label, value in key.items())
 
 
 class Labeled(Protocol):
@@ -102,6 +113,15 @@ class KeyState:
     running: list[JobView] = field(default_factory=list)
     queued: list[JobView] = field(default_factory=list)  # in admission order once tallied
     held: list[JobView] = field(default_factory=list)  # on hold, or suspended by someone else
+
+
+def busiest_first(keys: Mapping[Key, KeyState]) -> list[tuple[Key, KeyState]]:
+    """The keys with running or queued Jobs, most queued first, then most running, then by key.
+
+    The order of the policy's status.busiestKeys and of `kubectl jobgate status`.
+    """
+    active = ((key, state) for key, state in keys.items() if state.running or state.queued)
+    return sorted(active, key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]))
 
 
 def is_running(job: JobView, assumed: Collection[str]) -> bool:
@@ -298,16 +318,9 @@ class QueueFull:
         )
 
 
-def describe_key(policy: ConcurrencyPolicy, key: Key) -> str:
-    """``customer-id=acme``, or "(all Jobs)" for a policy without keyLabels."""
-    if not key:
-        return "(all Jobs)"
-    return ",".join(f"{label}={value}" for label, value in zip(policy.spec.keyLabels, key, strict=True))
-
-
 def for_key(policy: ConcurrencyPolicy, key: Key) -> str:
     """`` for customer-id=acme``; nothing for a policy without keyLabels (one key for all its Jobs)."""
-    return f" for {describe_key(policy, key)}" if key else ""
+    return f" for {describe_key(key_dict(policy, key))}" if key else ""
 
 
 def queue_full(gov: Governance, jobs: Iterable[JobView]) -> QueueFull | None:

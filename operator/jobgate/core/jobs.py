@@ -11,6 +11,9 @@ from typing import Any
 from jobgate.core.timestamps import parse_timestamp
 
 PRIORITY = "jobgate.dev/priority"
+# The priorities a user may set (`jobgate prioritize` refuses others).
+PRIORITY_MIN = -1_000_000
+PRIORITY_MAX = 1_000_000
 HOLD = "jobgate.dev/hold"
 ADMITTED_AT = "jobgate.dev/admitted-at"
 QUEUED_AT = "jobgate.dev/queued-at"

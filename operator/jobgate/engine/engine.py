@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jobgate.core import admission, patches
-from jobgate.core.admission import describe_key
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy
 from jobgate.engine import evictions, watches
@@ -188,6 +187,8 @@ class Engine:
             return False
         del term.expected[view.uid]
         term.assumed.discard(view.uid)
+        if view.admitted_at is not None and abs(view.admitted_at - expectation.admitted_at) < 1e-3:
+            self._admitted(view, expectation.admitted_at, triggered_at=None)  # the lost answer's patch landed
         return True
 
     def _keeps(self, job: JobView) -> bool:
@@ -437,7 +438,7 @@ class Engine:
         # patch. Admissions in flight are assumed (they hold their slots); a Job with a re-suspension
         # or release in flight is not written again until that write has returned.
         for job in plan.admit:
-            self._write(term, job, self._admit(term, job, policies, triggered_at))
+            self._write(term, job, self._admit(term, job, triggered_at))
         for job in plan.resuspend:
             if job.uid not in term.writing:
                 self._write(term, job, self._resuspend(term, job))
@@ -511,9 +512,7 @@ class Engine:
         self._store(term, view)  # a released Job, say, is forgotten here: no watch may bring it again
         return view
 
-    async def _admit(
-        self, term: Term, job: JobView, policies: list[ConcurrencyPolicy], triggered_at: float | None
-    ) -> None:
+    async def _admit(self, term: Term, job: JobView, triggered_at: float | None) -> None:
         now = self.clock()
         sent_at = self.monotonic()
         try:
@@ -527,7 +526,7 @@ class Engine:
             # The patch may have landed: the Job keeps its slot until a read that comes after the
             # patch must have landed (or the watch showing it running) says how it ended.
             settles_at = sent_at + self.settings.landing_seconds
-            term.expected[job.uid] = Expectation(job.resource_version, settles_at)
+            term.expected[job.uid] = Expectation(job.resource_version, settles_at, admitted_at=now)
             log.warning(
                 "admitting Job %s/%s: answer lost (%s); its slot stays taken until a read after %.1fs says more",
                 job.namespace,
@@ -541,13 +540,17 @@ class Engine:
             term.assumed.discard(job.uid)
         if admitted is None:
             return
-        govs = admission.governance(policies, job)
+        self._admitted(job, now, triggered_at)
+
+    def _admitted(self, job: JobView, now: float, triggered_at: float | None) -> None:
+        """Count an admission that landed, and say so on the Job."""
+        govs = self.policies.policy_index.governance(job)
         queued_since = job.queued_at or job.created
         for gov in govs:
             self.metrics.admitted(gov.policy, waited=max(0.0, now - queued_since))
         if triggered_at is not None:
             self.metrics.decision_latency.observe(max(0.0, now - triggered_at))
-        where = "; ".join(f"policy {g.policy.name} key {describe_key(g.policy, g.key)}" for g in govs)
+        where = "; ".join(f"policy {g.policy.name} key {g.key_text}" for g in govs)
         self._post(job, "Normal", "Admitted", f"Admitted by {where} after {now - queued_since:.1f}s queued")
 
     async def _resuspend(self, term: Term, job: JobView) -> None:
@@ -624,7 +627,7 @@ class Engine:
             parts = []
             for gov in govs:
                 parts.append(
-                    f"policy {gov.policy.name} key {describe_key(gov.policy, gov.key)} "
+                    f"policy {gov.policy.name} key {gov.key_text} "
                     f"({running.get(gov.slot, 0)}/{gov.policy.limit_for(gov.key)} running)"
                 )
                 if gov.missing_labels:

@@ -26,8 +26,8 @@ def policy_status(
     previous_ready: Condition | None,
     now: float,
 ) -> PolicyStatus:
-    active = {key: state for key, state in keys.items() if state.running or state.queued}
-    busiest = sorted(active.items(), key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]))
+    busiest = admission.busiest_first(keys)
+    active = dict(busiest)
     paused = policy.spec.maxConcurrent == 0
     ready = Condition(
         type="Ready",
@@ -112,7 +112,7 @@ class StatusWriter:
             previous = self.written.get(ref)
             previous_ready = next((c for c in previous.conditions if c.type == "Ready"), None) if previous else None
             status = policy_status(policy, states[ref], previous_ready, now)
-            metrics.set_jobs(policy, status.running, status.queued)
+            metrics.set_jobs(policy, states[ref])
             if status == previous:
                 continue
             try:

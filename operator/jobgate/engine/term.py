@@ -26,6 +26,7 @@ class Expectation:
 
     decided_version: int  # the Job's resourceVersion when the admission was decided
     settles_at: float  # monotonic: the patch has landed by now, or never will
+    admitted_at: float  # the admitted-at the patch wrote: seen on the Job, it says the patch landed
 
 
 @dataclass

@@ -53,6 +53,7 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
         return
 
     @kopf.on.mutate("batch", "v1", "jobs", id=WEBHOOK_ID, operations=["CREATE"], registry=registry)
+    @engine.metrics.timed_webhook
     async def suspend_governed_jobs(body: kopf.Body, patch: kopf.Patch, warnings: list[str], **kwargs: Any) -> None:
         if kwargs.get("operation") != "CREATE":  # Kopf does not filter operations itself
             return
