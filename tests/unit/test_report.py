@@ -326,6 +326,7 @@ def test_json_field_names() -> None:
         "position": 1,
         "keyQueued": 2,
         "running": 1,
+        "maxConcurrent": 1,
         "priority": 5,
         "waitingSeconds": NOW - 300,
         "admitNext": False,
@@ -447,6 +448,9 @@ def test_status_and_why_show_a_keys_own_limit() -> None:
     assert "customer=b     1/1" in table
     why = why_report(jobs[2], [tiered], jobs, NOW)
     assert "for customer=acme (2/2 running under its own limit: acme-1, acme-2; position 1 of 1)" in why.summary
+    queue = render(queue_report(tiered, [tiered], jobs, NOW), "table")
+    [row] = [line for line in queue.splitlines() if "acme-3" in line]
+    assert " 2/2 " in row  # running/max of its own key, not the policy's default 1
 
 
 def test_status_says_when_a_queue_is_full_and_why_says_which_job_goes() -> None:

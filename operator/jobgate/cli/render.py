@@ -240,7 +240,7 @@ def _queue(report: QueueReport, paint: _Paint, wide: bool = False) -> list[str]:
             f"{e.position} of {e.key_queued}",
             str(e.priority),
             human_duration(e.waiting),
-            _usage(e.running, report.max_concurrent),
+            _usage(e.running, e.max_concurrent),
             estimated(e.estimate),
             *([e.estimate.basis] if wide else []),
             _Cell("admitted next", GREEN) if e.admit_next else "",

@@ -335,6 +335,7 @@ class QueueEntry:
     waiting: float  # seconds since queued
     admit_next: bool  # the next decision admits it
     estimate: StartEstimate
+    max_concurrent: int  # its key's limit: its own (spec.limits) or the policy's
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -344,6 +345,7 @@ class QueueEntry:
             "position": self.position,
             "keyQueued": self.key_queued,
             "running": self.running,
+            "maxConcurrent": self.max_concurrent,
             "priority": self.priority,
             "waitingSeconds": _seconds(self.waiting),
             "admitNext": self.admit_next,
@@ -457,6 +459,7 @@ def queue_list(
                     waiting=waited(job, now),
                     admit_next=job.uid in decision.admit,
                     estimate=_estimate(decision, history, runs, job, now),
+                    max_concurrent=policy.limit_for(key),
                 )
             )
         queues.append(
