@@ -116,12 +116,14 @@ def test_a_named_customer_runs_three_at_once_and_every_other_one(scenario: Scena
     why = jobgate_cli(scenario, "why", "long-acme-3")
     assert "(3/3 running under its own limit" in why
 
-    # Raising acme's own limit admits the fourth at once; the default is unchanged.
+    # Raising acme's own limit admits the fourth at once; the default is unchanged. The watch learns
+    # the new limit first: the operator may act on it before the patch call returns.
+    raised = {"limits": [{"key": {"customer-id": "acme"}, "maxConcurrent": 4}]}
+    body = scenario.custom.get_namespaced_custom_object(GROUP, VERSION, scenario.namespace, PLURAL, policy.name)
+    scenario.watch.govern(ConcurrencyPolicy.from_body({**body, "spec": {**body["spec"], **raised}}))
     scenario.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, scenario.namespace, PLURAL, policy.name,
-        {"spec": {"limits": [{"key": {"customer-id": "acme"}, "maxConcurrent": 4}]}},
-    )  # fmt: skip
-    governed(scenario, policy.name)
+        GROUP, VERSION, scenario.namespace, PLURAL, policy.name, {"spec": raised}
+    )
     scenario.watch.wait_for(lambda w: len(w.running()) == 4, "the fourth acme export admitted")
     assert_never_over_admitted(scenario.watch)
 
