@@ -60,6 +60,7 @@ POD_CIDR = "10.244.0.0/16"  # kwok's default overlaps the service range: keep po
 
 CONTROLLERS = (
     "job-controller",
+    "cronjob-controller",  # CronJobs create their Jobs, which jobgate gates like any other
     "garbage-collector-controller",  # deletes a Job's pods with it
     "ttl-after-finished-controller",
     "namespace-controller",  # without it deleted namespaces stay Terminating

@@ -47,10 +47,12 @@ READ = ["get", "list", "watch"]
 WRITE = ["create", "update", "patch", "delete"]
 SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "jobgate", "namespace": NAMESPACE}
 
-# What the operator may do where it governs Jobs: read Jobs and policies, patch Jobs, write policy
-# status, post Events. Checked against operator/jobgate/kube.py and Kopf's watches.
+# What the operator may do where it governs Jobs: read Jobs and policies, patch Jobs, delete queued
+# Jobs (overflow: ReplaceOldest), write policy status, post Events. Checked against
+# operator/jobgate/kube/api.py and Kopf's watches.
 GOVERNING_RULES = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["delete"]},
     {"apiGroups": ["jobgate.dev"], "resources": ["concurrencypolicies"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["jobgate.dev"], "resources": ["concurrencypolicies/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
@@ -324,6 +326,11 @@ def test_people_get_policy_roles_through_the_built_in_ones(helm: Path, defaults:
     ]
     off = render(helm, {"rbac": {"aggregateToDefaultRoles": False}})
     assert [m["metadata"]["name"] for m in of_kind(off, "ClusterRole") if "-view" in m["metadata"]["name"]] == []
+
+
+def test_deleting_queued_jobs_can_be_withheld(helm: Path) -> None:
+    cluster_role = named(render(helm, {"deleteQueuedJobs": False}), "ClusterRole", f"{NAMESPACE}-jobgate")
+    assert cluster_role["rules"] == [r for r in GOVERNING_RULES if r["verbs"] != ["delete"]]
 
 
 def test_leases_only_in_the_release_namespace(defaults: list[Manifest]) -> None:
@@ -691,7 +698,7 @@ def test_service_account_may_do_what_the_operator_does_and_no_more(
     assert may("create", "events", ns)
     assert may("create", "leases.coordination.k8s.io", ns)
     assert may("update", "leases.coordination.k8s.io/jobgate-leader", ns)
-    assert not may("delete", "jobs.batch", ns)
+    assert may("delete", "jobs.batch", ns)  # queued ones, pushed out of a full queue (deleteQueuedJobs)
     assert not may("create", "jobs.batch", ns)
     assert not may("patch", "concurrencypolicies.jobgate.dev", ns)
     assert not may("update", "leases.coordination.k8s.io/someone-elses", ns)

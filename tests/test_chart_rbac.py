@@ -113,6 +113,8 @@ def test_the_charts_service_account_is_denied_everything_else(
         # The token works: what the operator needs is allowed.
         assert status_of(lambda: batch.list_namespaced_job(namespace)) == 200
         assert status_of(lambda: leases.read_namespaced_lease(LEASE, release_namespace)) == 404  # allowed, absent
+        # Queued Jobs of a full queue (overflow: ReplaceOldest); the operator sends uid and version preconditions.
+        assert status_of(lambda: batch.delete_namespaced_job("any", namespace)) == 404  # allowed, absent
         calls: dict[str, Callable[[], Any]] = {
             "list Secrets in its own namespace": lambda: core.list_namespaced_secret(release_namespace),
             "read a Secret in its own namespace": lambda: core.read_namespaced_secret("any", release_namespace),
@@ -128,7 +130,7 @@ def test_the_charts_service_account_is_denied_everything_else(
             "list Jobs in its own namespace": lambda: batch.list_namespaced_job(release_namespace),
             "list Jobs in another namespace": lambda: batch.list_namespaced_job("default"),
             "create a Job": lambda: batch.create_namespaced_job(namespace, job_manifest("j", {})),
-            "delete a Job": lambda: batch.delete_namespaced_job("any", namespace),
+            "delete a Job where it does not govern": lambda: batch.delete_namespaced_job("any", release_namespace),
             "change a policy's spec": lambda: custom.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, "any", {"spec": {"maxConcurrent": 9}}
             ),

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, PolicySpec
+from jobgate.core.policy import ConcurrencyPolicy, PolicySpec
 
 NS = "billing"
 
 
 def policy(
-    name: str, match: dict[str, str], keys: list[str], limit: int, created: float = 0.0, namespace: str = NS
+    name: str,
+    match: dict[str, str],
+    keys: list[str],
+    limit: int,
+    created: float = 0.0,
+    namespace: str = NS,
+    **spec: Any,
 ) -> ConcurrencyPolicy:
+    """A policy; `spec` adds fields as a manifest writes them, e.g. maxQueued=2, overflow="ReplaceOldest"."""
     return ConcurrencyPolicy(
         namespace=namespace,
         name=name,
         uid=f"uid-{name}",
         generation=1,
         created=created,
-        spec=PolicySpec(selector=LabelSelector(matchLabels=match), keyLabels=keys, maxConcurrent=limit),
+        spec=PolicySpec.model_validate(
+            {"selector": {"matchLabels": match}, "keyLabels": keys, "maxConcurrent": limit, **spec}
+        ),
     )
 
 

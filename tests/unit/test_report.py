@@ -305,6 +305,8 @@ def test_json_field_names() -> None:
         "keys",
         "moreKeys",
         "busiestKeys",
+        "maxQueued",
+        "overflow",
     }
     assert set(status["policies"][0]["busiestKeys"][0]) == {
         "key",
@@ -313,6 +315,8 @@ def test_json_field_names() -> None:
         "held",
         "oldestWaitSeconds",
         "admissible",
+        "maxConcurrent",
+        "ownLimit",
     }
     queue = json.loads(render(REPORTS[1], "json"))
     assert queue["jobs"][0] == {
@@ -322,6 +326,7 @@ def test_json_field_names() -> None:
         "position": 1,
         "keyQueued": 2,
         "running": 1,
+        "maxConcurrent": 1,
         "priority": 5,
         "waitingSeconds": NOW - 300,
         "admitNext": False,
@@ -423,3 +428,40 @@ def test_why_a_job_suspended_by_someone_else_or_owned_elsewhere_is_not_jobgates(
         report = why_report(ignored, [exports], [theirs, kueue], NOW)
         assert report.state == "not-jobgates"
         assert reason in report.summary and "never suspends, starts or counts it" in report.summary
+
+
+# --- policy shapes: per-key limits and bounded queues ----------------------------------------------
+
+ACME = {"key": {"customer": "acme"}, "maxConcurrent": 2}
+
+
+def test_status_and_why_show_a_keys_own_limit() -> None:
+    tiered = policy("exports", {"app": "export"}, ["customer"], 1, limits=[ACME])
+    jobs = [
+        job("acme-1", export("acme"), suspended=False, created=1),
+        job("acme-2", export("acme"), suspended=False, created=2),
+        job("acme-3", export("acme"), created=3),
+        job("b-1", export("b"), suspended=False, created=4),
+    ]
+    table = render(status_report(NS, [tiered], jobs, NOW), "table")
+    assert "customer=acme  2/2      1       0     " in table and "own limit" in table
+    assert "customer=b     1/1" in table
+    why = why_report(jobs[2], [tiered], jobs, NOW)
+    assert "for customer=acme (2/2 running under its own limit: acme-1, acme-2; position 1 of 1)" in why.summary
+    queue = render(queue_report(tiered, [tiered], jobs, NOW), "table")
+    [row] = [line for line in queue.splitlines() if "acme-3" in line]
+    assert " 2/2 " in row  # running/max of its own key, not the policy's default 1
+
+
+def test_status_says_when_a_queue_is_full_and_why_says_which_job_goes() -> None:
+    bounded = policy("exports", {"app": "export"}, ["customer"], 1, maxQueued=1, overflow="ReplaceOldest")
+    jobs = [
+        job("running", export("a"), suspended=False, created=1),
+        job("older", export("a"), created=2),
+        job("newer", export("a"), created=3),
+    ]
+    table = render(status_report(NS, [bounded], jobs, NOW), "table")
+    assert "max 1 per customer, queue 1 (ReplaceOldest)" in table
+    assert "queue full (2/1, ReplaceOldest)" in table
+    assert "jobgate will delete it at its next decision" in why_report(jobs[1], [bounded], jobs, NOW).summary
+    assert why_report(jobs[2], [bounded], jobs, NOW).evict is False

@@ -136,6 +136,12 @@ does not, and keeps single-object reads (kube.KubeApi.get_job) working.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "patch"]
+{{- if .Values.deleteQueuedJobs }}
+# Queued Jobs only, pushed out of a full queue (overflow: ReplaceOldest), at the version decided on.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["delete"]
+{{- end }}
 - apiGroups: ["jobgate.dev"]
   resources: ["concurrencypolicies"]
   verbs: ["get", "list", "watch"]

@@ -47,6 +47,21 @@ PRINTER_COLUMNS = [
         "description": "Queued Jobs, all keys",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # -o wide only: most policies leave their queues unbounded.
+    {
+        "name": "Max Queued",
+        "type": "integer",
+        "jsonPath": ".spec.maxQueued",
+        "description": "Queued Jobs allowed per key",
+        "priority": 1,
+    },
+    {
+        "name": "Overflow",
+        "type": "string",
+        "jsonPath": ".spec.overflow",
+        "description": "What a full queue does: Reject or ReplaceOldest",
+        "priority": 1,
+    },
 ]
 
 

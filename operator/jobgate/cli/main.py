@@ -103,9 +103,11 @@ output fields (-o json|yaml|jsonpath):
     running, queued, held        Jobs over all keys
     keys                         keys that have running or queued Jobs
     moreKeys                     keys left out by --limit
+    maxQueued, overflow          the bound of each key's queue (null: none), and Reject or ReplaceOldest
     busiestKeys[]                most queued first, then most running
       key                        {{label: value}}; a missing label is ""
       running, queued, held      Jobs of this key
+      maxConcurrent, ownLimit    the key's limit, and whether spec.limits gives it its own
       oldestWaitSeconds          now - queued-at (else creation) of its longest-waiting queued Job; null if none
       admissible                 its queued Jobs that jobgate admits at its next decision
 
@@ -155,7 +157,7 @@ output fields (-o json|yaml|jsonpath), for one POLICY (else {{namespace, queues:
     rank                         1-based, in the policy's whole queue
     position                     1-based, in its key's queue (1 = next for its key)
     keyQueued                    length of its key's queue
-    running                      running Jobs of its key (out of maxConcurrent)
+    running, maxConcurrent       running Jobs of its key, and its limit (its own in spec.limits, or the policy's)
     waitingSeconds               now - jobgate.dev/queued-at, else creationTimestamp
     admitNext                    true if jobgate admits it at its next decision
     estimatedStart               inSeconds (from now; null: unknown), at (RFC 3339), basis (what it rests on)
@@ -191,11 +193,13 @@ output fields (-o json|yaml|jsonpath):
   admitNext                      jobgate admits it at its next decision
   release                        jobgate unsuspends it at its next decision (it queued it; no policy governs it now)
   resuspend                      jobgate suspends it again (unsuspended by someone else, over a limit)
+  evict                          jobgate deletes it: newer Jobs fill its key's queue (overflow: ReplaceOldest)
   waitingSeconds                 for a suspended Job: now - queued-at (else creation); else null
   estimatedStart                 for a queued Job: inSeconds (null: unknown), at, basis; else null
   policies[]                     the policies that govern it
     policy, key, missingLabels   its key there; missing key labels count as ""
-    running, maxConcurrent       Jobs holding the key's slots
+    running, maxConcurrent       Jobs holding the key's slots, and the key's limit
+    ownLimit                     the key has its own limit (spec.limits)
     runningJobs, runningSeconds  their names, in admission order, and how long each has run
     queued, position             the key's queue length, and the Job's place in it (null if not queued)
     slot                         free | taken | full | paused

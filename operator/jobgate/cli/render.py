@@ -19,6 +19,7 @@ import yaml
 from jobgate.cli.annotate import ChangeReport
 from jobgate.cli.jsonpath import render_template
 from jobgate.cli.report import (
+    KeyStatus,
     PolicySummary,
     QueueList,
     QueueReport,
@@ -179,6 +180,8 @@ def _status(report: StatusReport, paint: _Paint) -> list[str]:
 def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     title = paint(f"{policy.namespace}/{policy.name}", BOLD)
     limit = _limit(policy.max_concurrent, policy.key_labels)
+    if policy.max_queued is not None:
+        limit += f", queue {policy.max_queued} ({policy.overflow})"
     if not policy.keys:
         held = f", {policy.held} held" if policy.held else ""
         return [f"{title}: {limit}; nothing running or queued{held}"]
@@ -186,11 +189,11 @@ def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     rows = [
         [
             describe_key(k.key),
-            _usage(k.running, policy.max_concurrent),
+            _usage(k.running, k.max_concurrent),
             str(k.queued),
             str(k.held),
             human_duration(k.oldest_wait) if k.oldest_wait is not None else "-",
-            _Cell(f"{k.admissible} admitted next", GREEN) if k.admissible else "",
+            _key_note(k, policy),
         ]
         for k in policy.busiest_keys
     ]
@@ -199,6 +202,15 @@ def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     if policy.more_keys:
         lines.append(paint(f"  ... and {policy.more_keys} more key(s) (--limit 0 shows all)", DIM))
     return lines
+
+
+def _key_note(k: KeyStatus, policy: PolicySummary) -> _Cell | str:
+    notes = [f"{k.admissible} admitted next"] if k.admissible else []
+    if k.own_limit:
+        notes.append("own limit")
+    if policy.max_queued is not None and k.queued >= policy.max_queued:
+        notes.append(f"queue full ({k.queued}/{policy.max_queued}, {policy.overflow})")
+    return _Cell("; ".join(notes), GREEN if k.admissible else "") if notes else ""
 
 
 def _queues(report: QueueList, paint: _Paint, wide: bool) -> list[str]:
@@ -228,7 +240,7 @@ def _queue(report: QueueReport, paint: _Paint, wide: bool = False) -> list[str]:
             f"{e.position} of {e.key_queued}",
             str(e.priority),
             human_duration(e.waiting),
-            _usage(e.running, report.max_concurrent),
+            _usage(e.running, e.max_concurrent),
             estimated(e.estimate),
             *([e.estimate.basis] if wide else []),
             _Cell("admitted next", GREEN) if e.admit_next else "",

@@ -71,7 +71,7 @@ class _Decision:
 
     def slot(self, policy: ConcurrencyPolicy, key: admission.Key, job: JobView) -> Slot:
         """The key's slots as ``job`` sees them at the next decision."""
-        limit = policy.spec.maxConcurrent
+        limit = policy.limit_for(key)
         running = len(self.keys(policy).get(key, admission.KeyState()).running)
         if limit == 0:
             return "paused"
@@ -209,6 +209,8 @@ class KeyStatus:
     held: int
     oldest_wait: float | None  # seconds the longest-waiting queued Job has waited
     admissible: int  # queued Jobs the next decision admits
+    max_concurrent: int  # the key's limit: its own (spec.limits) or the policy's
+    own_limit: bool
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -218,6 +220,8 @@ class KeyStatus:
             "held": self.held,
             "oldestWaitSeconds": _seconds(self.oldest_wait),
             "admissible": self.admissible,
+            "maxConcurrent": self.max_concurrent,
+            "ownLimit": self.own_limit,
         }
 
 
@@ -232,6 +236,8 @@ class PolicySummary:
     held: int
     keys: int  # keys with running or queued Jobs
     busiest_keys: list[KeyStatus]  # the first --limit of them, most queued first
+    max_queued: int | None = None  # spec.maxQueued: the bound of each key's queue
+    overflow: str = "Reject"
 
     @property
     def more_keys(self) -> int:
@@ -249,6 +255,8 @@ class PolicySummary:
             "keys": self.keys,
             "moreKeys": self.more_keys,
             "busiestKeys": [k.as_dict() for k in self.busiest_keys],
+            "maxQueued": self.max_queued,
+            "overflow": self.overflow,
         }
 
 
@@ -300,9 +308,13 @@ def status_report(
                         held=len(s.held),
                         oldest_wait=max((waited(j, now) for j in s.queued), default=None),
                         admissible=sum(1 for j in s.queued if j.uid in decision.admit),
+                        max_concurrent=policy.limit_for(key),
+                        own_limit=policy.has_own_limit(key),
                     )
                     for key, s in shown
                 ],
+                max_queued=policy.spec.maxQueued,
+                overflow=policy.spec.queue_overflow,
             )
         )
     return StatusReport(namespace, summaries)
@@ -323,6 +335,7 @@ class QueueEntry:
     waiting: float  # seconds since queued
     admit_next: bool  # the next decision admits it
     estimate: StartEstimate
+    max_concurrent: int  # its key's limit: its own (spec.limits) or the policy's
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -332,6 +345,7 @@ class QueueEntry:
             "position": self.position,
             "keyQueued": self.key_queued,
             "running": self.running,
+            "maxConcurrent": self.max_concurrent,
             "priority": self.priority,
             "waitingSeconds": _seconds(self.waiting),
             "admitNext": self.admit_next,
@@ -445,6 +459,7 @@ def queue_list(
                     waiting=waited(job, now),
                     admit_next=job.uid in decision.admit,
                     estimate=_estimate(decision, history, runs, job, now),
+                    max_concurrent=policy.limit_for(key),
                 )
             )
         queues.append(
@@ -473,7 +488,8 @@ class Governor:
     key: dict[str, str]
     missing_labels: list[str]
     running: int
-    max_concurrent: int
+    max_concurrent: int  # the key's own limit (spec.limits) or the policy's
+    own_limit: bool
     running_jobs: list[str]  # the Jobs holding the key's slots, in admission order
     running_for: list[float]  # how long each has run (since its status.startTime)
     queued: int
@@ -487,6 +503,7 @@ class Governor:
             "missingLabels": self.missing_labels,
             "running": self.running,
             "maxConcurrent": self.max_concurrent,
+            "ownLimit": self.own_limit,
             "runningJobs": self.running_jobs,
             "runningSeconds": [_seconds(e) for e in self.running_for],
             "queued": self.queued,
@@ -514,6 +531,7 @@ class WhyReport:
     admit_next: bool  # the next decision admits it
     release: bool  # ungoverned, queued by jobgate: the next decision unsuspends it
     resuspend: bool  # unsuspended without jobgate, over a limit: the next decision suspends it
+    evict: bool  # queued beyond a full ReplaceOldest queue: the next decision deletes it
     waiting: float | None  # seconds since queued, for a suspended Job
     estimate: StartEstimate | None  # for a queued Job
     governors: list[Governor]
@@ -525,7 +543,8 @@ class WhyReport:
         """One or two sentences that answer "why"."""
         job = f"Job '{self.name}'"
         slots = " and ".join(
-            f"policy '{g.policy}' ({describe_key(g.key)}: {g.running}/{g.max_concurrent} running)"
+            f"policy '{g.policy}' ({describe_key(g.key)}: {g.running}/{g.max_concurrent} running"
+            f"{' under its own limit' if g.own_limit else ''})"
             for g in self.governors
         )
         if self.state == "finished":
@@ -559,6 +578,11 @@ class WhyReport:
                 else "jobgate will not start it; set spec.suspend to false to start it"
             )
             text = f"{job} is suspended, and {where}: {outcome}."
+        elif self.evict:
+            text = (
+                f"{job} is queued, and newer Jobs fill its key's queue (overflow: ReplaceOldest): "
+                "jobgate will delete it at its next decision."
+            )
         elif self.admit_next:
             text = (
                 f"{job} is queued and will be admitted at jobgate's next decision: "
@@ -581,6 +605,7 @@ class WhyReport:
             "admitNext": self.admit_next,
             "release": self.release,
             "resuspend": self.resuspend,
+            "evict": self.evict,
             "waitingSeconds": _seconds(self.waiting),
             "estimatedStart": None if self.estimate is None else self.estimate.as_dict(),
             "policies": [g.as_dict() for g in self.governors],
@@ -613,7 +638,8 @@ def why_report(
                 key=admission.key_dict(gov.policy, gov.key),
                 missing_labels=list(gov.missing_labels),
                 running=len(occupants.running),
-                max_concurrent=gov.policy.spec.maxConcurrent,
+                max_concurrent=gov.policy.limit_for(gov.key),
+                own_limit=gov.policy.has_own_limit(gov.key),
                 running_jobs=[j.name for j in occupants.running],
                 running_for=[_elapsed(runs.get(j.uid), now) for j in occupants.running],
                 queued=len(occupants.queued),
@@ -646,6 +672,7 @@ def why_report(
         admit_next=job.uid in decision.admit,
         release=any(j.uid == job.uid for j in decision.plan.release),
         resuspend=any(j.uid == job.uid for j in decision.plan.resuspend),
+        evict=any(j.uid == job.uid for j in decision.plan.evict),
         waiting=waited(job, now) if job.suspended and not job.finished else None,
         estimate=_estimate(decision, _History(decision.index, jobs, runs), runs, job, now)
         if state == "queued"
@@ -667,9 +694,10 @@ def _blocker(g: Governor) -> str:
     shown = ", ".join(g.running_jobs[:3]) + (", ..." if len(g.running_jobs) > 3 else "")
     holders = f": {shown}" if g.running_jobs else ""
     if g.slot == "full":
+        own = " under its own limit" if g.own_limit else ""
         return (
             f"a slot in policy '{g.policy}' for {describe_key(g.key)} "
-            f"({g.running}/{g.max_concurrent} running{holders}; {line})"
+            f"({g.running}/{g.max_concurrent} running{own}{holders}; {line})"
         )
     return (
         f"a slot in policy '{g.policy}' for {describe_key(g.key)}, whose free slots go to other Jobs "

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from jobgate.core import admission, patches
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy
-from jobgate.engine import watches
+from jobgate.engine import evictions, watches
 from jobgate.engine.cache import PolicyCache
 from jobgate.engine.term import Expectation, Term
 from jobgate.engine.watches import JobStream
@@ -65,6 +65,10 @@ class ClusterApi(Protocol):
         ...
 
     async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    async def delete_job(self, job: JobView) -> bool:
+        """Delete the Job at the version given; False when it is gone or changed since."""
+        ...
 
     async def post_event(self, job: JobView, type_: str, reason: str, message: str) -> None: ...
 
@@ -441,6 +445,10 @@ class Engine:
         for job in plan.release:
             if job.uid not in term.writing:
                 self._write(term, job, self._release(term, job))
+        for job in plan.evict:  # full ReplaceOldest queues: see evictions.py
+            if job.uid not in term.writing:
+                govs = self.policies.policy_index.governance_of(job)
+                self._write(term, job, evictions.evict(self._deleter(term), job, govs, self.metrics, self._post))
         return plan
 
     def _write(self, term: Term, job: JobView, write: Coroutine[Any, Any, None]) -> None:
@@ -465,25 +473,40 @@ class Engine:
 
     # --- writes -----------------------------------------------------------------------------------
 
-    async def _patch(self, term: Term, job: JobView, patch: patches.JsonPatch) -> JobView | None:
-        """Send a patch; None when it was refused (the Job changed, or is gone).
+    @contextlib.asynccontextmanager
+    async def _sending(self, term: Term) -> AsyncIterator[None]:
+        """Around every Job write: a bounded number at once, none once its term ended.
 
-        Raises when the outcome is unknown or nothing was sent (NotLeading).
+        Raises NotLeading when the term ended before the write was sent.
         """
         async with self._write_limit:
             if term.ended:
                 raise NotLeading("the term ended before the write was sent")
             # Every write sent from now may land until then: the next term starts no earlier.
             self._writes_settle_at = max(self._writes_settle_at, self.monotonic() + self.settings.landing_seconds)
+            yield
+
+    def _refused(self, term: Term, job: JobView) -> None:
+        """A write decided on `job` was refused: the Job changed since. Decide again on the change.
+
+        If the watch brought the change while the write was in flight, no event is left to
+        wake the decision up (a status-only change wakes none): wake it now.
+        """
+        cached = term.jobs.jobs.get(job.uid)
+        if cached is not None and cached.resource_version > job.resource_version:
+            self.wake()
+        else:
+            term.refused.add(job.uid)
+
+    async def _patch(self, term: Term, job: JobView, patch: patches.JsonPatch) -> JobView | None:
+        """Send a patch; None when it was refused (the Job changed, or is gone).
+
+        Raises when the outcome is unknown or nothing was sent (NotLeading).
+        """
+        async with self._sending(term):
             body = await self.api.patch_job(job.namespace, job.name, patch)
         if body is None:
-            # Refused: the Job changed since the decision. If the watch brought the change while
-            # the patch was in flight, no event is left to wake the decision up: wake it now.
-            cached = term.jobs.jobs.get(job.uid)
-            if cached is not None and cached.resource_version > job.resource_version:
-                self.wake()
-            else:
-                term.refused.add(job.uid)
+            self._refused(term, job)
             return None
         view = JobView.from_body(body)
         self._store(term, view)  # a released Job, say, is forgotten here: no watch may bring it again
@@ -556,6 +579,23 @@ class Engine:
             return
         if done is not None:
             self._post(job, "Normal", "Released", "Unsuspended: no ConcurrencyPolicy governs this Job any more")
+
+    def _deleter(self, term: Term) -> evictions.Delete:
+        """How evictions.py deletes a queued Job: through the same gate as every write, and decided again
+        when the deletion is refused (the Job changed since) or failed."""
+
+        async def delete(job: JobView) -> bool:
+            try:
+                async with self._sending(term):
+                    deleted = await self.api.delete_job(job)
+            except Exception:
+                self._retry_later()
+                raise
+            if not deleted:
+                self._refused(term, job)
+            return deleted
+
+        return delete
 
     def _retry_later(self, delay: float = 1.0) -> None:
         async def retry() -> None:

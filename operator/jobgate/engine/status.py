@@ -35,7 +35,7 @@ def policy_status(
         reason="Paused" if paused else "Reconciled",
         message="maxConcurrent is 0: no Job is admitted until it is raised"
         if paused
-        else f"admitting up to {policy.spec.maxConcurrent} Job(s) per key",
+        else f"admitting up to {policy.spec.maxConcurrent} Job(s) per key{shapes_note(policy)}",
         lastTransitionTime=(
             previous_ready.lastTransitionTime
             if previous_ready is not None and previous_ready.status == "True"
@@ -48,7 +48,12 @@ def policy_status(
         queued=sum(len(s.queued) for s in active.values()),
         keys=len(active),
         busiestKeys=[
-            KeyCount(key=admission.key_dict(policy, key), running=len(s.running), queued=len(s.queued))
+            KeyCount(
+                key=admission.key_dict(policy, key),
+                running=len(s.running),
+                queued=len(s.queued),
+                maxConcurrent=policy.limit_for(key) if policy.has_own_limit(key) else None,
+            )
             for key, s in busiest[:MAX_BUSIEST_KEYS]
         ],
         conditions=[ready],
@@ -73,6 +78,15 @@ def with_conditions(
         for c in extra
     ]
     return status.model_copy(update={"conditions": [*status.conditions, *stamped]})
+
+
+def shapes_note(policy: ConcurrencyPolicy) -> str:
+    """What spec.limits and spec.maxQueued add to the Ready message: ", 2 key(s) with their own limit; ..."""
+    spec = policy.spec
+    note = f", {len(spec.limits)} key(s) with their own limit" if spec.limits else ""
+    if spec.maxQueued is not None:
+        note += f"; at most {spec.maxQueued} queued per key (overflow: {spec.queue_overflow})"
+    return note
 
 
 class StatusWriter:

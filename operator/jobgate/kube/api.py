@@ -263,14 +263,23 @@ class KubeApi:
             raise
         return body  # type: ignore[no-any-return]
 
-    async def delete_job(self, namespace: str, name: str, uid: str) -> bool:
-        """Delete the Job (its Pods with it) if it is still the one of that uid; False if it is gone or another."""
-        path = f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}"
-        options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+    async def delete_job(self, job: JobView) -> bool:
+        """Delete the Job if it is still the version decided on; False when it is gone or has changed since.
+
+        The preconditions make a deletion that races an admission lose: a Job admitted
+        meanwhile has a newer resourceVersion, and a running Job is never deleted.
+        """
+        path = f"/apis/batch/v1/namespaces/{quote(job.namespace)}/jobs/{quote(job.name)}"
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",  # its pods (none: it never ran) go with it
+            "preconditions": {"uid": job.uid, "resourceVersion": str(job.resource_version)},
+        }
         try:
             await self.request("delete", path, "jobs", body=options, timeout=self.write_timeout, fenced=True)
         except ApiError as e:
-            if e.status in (404, 409):
+            if e.status in (404, 409):  # gone, or changed since we decided
                 return False
             raise
         return True

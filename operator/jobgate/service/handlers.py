@@ -20,6 +20,7 @@ from jobgate.core.jobs import QUEUED_AT, QUEUED_LABEL, annotation_problems, fore
 from jobgate.core.policy import GROUP, PLURAL, VERSION
 from jobgate.core.timestamps import format_timestamp
 from jobgate.engine.engine import Engine
+from jobgate.service import queues
 
 WEBHOOK_ID = "suspend-governed-jobs"
 WEBHOOK_PRIME_TIMEOUT = 5.0
@@ -72,6 +73,10 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
         if problems:
             engine.metrics.webhook_requests.labels("refused").inc()
             raise kopf.AdmissionError("jobgate: " + "; ".join(problems), code=422)
+        full = await queues.first_full(engine.api, job, governors, warnings)
+        if full is not None:
+            engine.metrics.webhook_requests.labels("rejected").inc()
+            raise kopf.AdmissionError(f"jobgate: {full.message}", code=403)
         patch.spec["suspend"] = True
         patch.metadata.annotations[QUEUED_AT] = format_timestamp(time.time())
         patch.metadata.labels[QUEUED_LABEL] = "true"

@@ -28,7 +28,7 @@ WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 POLICY_LABELS = ("policy_namespace", "policy")
 # What the webhook answers: suspended (a policy governs the Job), untouched, unavailable (refused: not ready).
-WEBHOOK_RESULTS = ("suspended", "untouched", "unavailable")
+WEBHOOK_RESULTS = ("suspended", "untouched", "unavailable", "rejected")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -97,6 +97,12 @@ class Metrics:
             registry=r,
         )
         self.leader = Gauge("jobgate_leader", "1 while this replica holds the leader Lease and admits", registry=r)
+        self.evictions = Counter(
+            "jobgate_evictions",
+            "Queued Jobs deleted because newer ones filled their key's queue (overflow: ReplaceOldest)",
+            POLICY_LABELS,
+            registry=r,
+        )
         self.webhook_requests = Counter(
             "jobgate_webhook_requests", "Job CREATE admission reviews answered", ["result"], registry=r
         )
@@ -121,6 +127,9 @@ class Metrics:
     def admitted(self, policy: ConcurrencyPolicy, waited: float) -> None:
         self.admissions.labels(policy.namespace, policy.name).inc()
         self.queue_wait.labels(policy.namespace, policy.name).observe(waited)
+
+    def evicted(self, policy: ConcurrencyPolicy) -> None:
+        self.evictions.labels(policy.namespace, policy.name).inc()
 
     def set_jobs(self, policy: ConcurrencyPolicy, keys: Mapping[admission.Key, admission.KeyState]) -> None:
         """The policy's figures from the tally of its keys; its oldest queued Job's age counts at each scrape."""
