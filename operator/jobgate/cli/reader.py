@@ -31,8 +31,8 @@ from jobgate.cli.report import RunTimes
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
 from jobgate.core.timestamps import parse_timestamp
+from jobgate.kube import paging
 
-LIST_PAGE = 500
 # Seconds for a whole request, (connect, read), or None for no limit: urllib3's forms.
 Timeout = float | tuple[float, float] | None
 TIMEOUT: Timeout = (10.0, 60.0)  # unless --request-timeout says otherwise
@@ -178,16 +178,14 @@ class Cluster:
     def _list(self, path: str, missing: str, query: Mapping[str, str] | None = None) -> list[Mapping[str, Any]]:
         """Every item, page by page; ``missing`` says what a 404 means."""
         items: list[Mapping[str, Any]] = []
-        query = {**(query or {}), "limit": str(LIST_PAGE)}
-        while True:
-            page = self._get(path, query)
+        params: dict[str, str] | None = paging.first_page(query)
+        while params is not None:
+            page = self._get(path, params)
             if page is None:
                 raise NotFound(missing)
             items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            query = {**query, "continue": token}
+            params = paging.next_page(params, page)
+        return items
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None, timeout: Timeout = TIMEOUT) -> Cluster:

@@ -22,11 +22,11 @@ from jobgate.core.jobs import JobView
 from jobgate.core.patches import JsonPatch
 from jobgate.core.policy import GROUP, PLURAL, VERSION
 from jobgate.core.timestamps import format_kubernetes_time
+from jobgate.kube import paging
 from jobgate.telemetry.metrics import Metrics
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
-LIST_PAGE = 500
 Item = TypeVar("Item")
 
 
@@ -177,16 +177,14 @@ class KubeApi:
         every Job's body at once (about 10 KiB each once parsed).
         """
         items: list[Item] = []
-        params = {"limit": str(LIST_PAGE), **(query or {})}
+        params: dict[str, str] | None = paging.first_page(query)
         version = 0
-        while True:
+        while params is not None:
             _, page = await self.request("list", path, resource, params)
             items.extend(convert(item) for item in page.get("items") or [])
             version = version or int(page["metadata"].get("resourceVersion") or 0)
-            token = page["metadata"].get("continue")
-            if not token:
-                return items, version
-            params = {**params, "continue": token}
+            params = paging.next_page(params, page)
+        return items, version
 
     async def list_jobs(self, namespace: str | None, label_selector: str | None = None) -> tuple[list[JobView], int]:
         query = {"labelSelector": label_selector} if label_selector else None

@@ -18,6 +18,7 @@ import kopf
 from jobgate.engine.engine import Engine, EngineSettings
 from jobgate.engine.webhook_scope import keep_webhook_scope
 from jobgate.kube import api as kube
+from jobgate.kube import paging
 from jobgate.kube.lease import BadLeaseTiming, Leadership, LeaseTiming
 from jobgate.service import handlers
 from jobgate.service.tls import ReloadingWebhookServer
@@ -136,7 +137,7 @@ def configure_kopf(settings: kopf.OperatorSettings, args: argparse.Namespace) ->
     settings.persistence.finalizer = "jobgate.dev/unused"  # never strip anyone's Kopf finalizer
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.watching.chunk_size = kube.LIST_PAGE  # Kopf lists in one request by default
+    settings.watching.chunk_size = paging.LIST_PAGE  # Kopf lists in one request by default
     if args.webhook_port:
         settings.admission.server = ReloadingWebhookServer(
             addr=args.webhook_addr,
