@@ -110,7 +110,7 @@ def test_a_named_customer_runs_three_at_once_and_every_other_one(scenario: Scena
     scenario.watch.wait_for(lambda w: len(w.running()) == 3, "three long acme exports running")
     acme = {"key": {"customer-id": "acme"}, "running": 3, "queued": 1, "maxConcurrent": 3}
     scenario.wait_status(policy.name, lambda s: s.get("busiestKeys") == [acme], "acme at 3/3 in the status")
-    kubectl(scenario, "get", "cpol", "-o", "wide")
+    kubectl(scenario, "get", "conpol", "-o", "wide")
     status = jobgate_cli(scenario, "status")
     assert "customer-id=acme  3/3      1       0" in status and "own limit" in status
     why = jobgate_cli(scenario, "why", "long-acme-3")
@@ -151,7 +151,7 @@ def test_replace_oldest_keeps_only_the_newest_waiting_deploy(scenario: Scenario)
     replaced(scenario, "prod-3")
     assert scenario.suspended("prod-4") and "staging-1" in scenario.watch.running()
     scenario.wait_status(policy.name, lambda s: s.get("queued") == 1, "one deploy queued in the status")
-    kubectl(scenario, "get", "cpol", "-o", "wide")
+    kubectl(scenario, "get", "conpol", "-o", "wide")
     jobgate_cli(scenario, "status")
     assert deletions.running == [] and sorted(deletions.queued) == ["prod-2", "prod-3"]
 
@@ -248,7 +248,7 @@ def test_a_cronjob_runs_two_at_once_and_its_newest_run_waits(scenario: Scenario,
     replaced(scenario, "manual-4")
     assert scenario.suspended(scheduled)
     kubectl(scenario, "get", "cronjob,jobs")
-    kubectl(scenario, "get", "cpol", "-o", "wide")
+    kubectl(scenario, "get", "conpol", "-o", "wide")
     jobgate_cli(scenario, "status")
     assert_never_over_admitted(scenario.watch)
     assert scenario.watch.peak[(policy.name, ())] == 2

@@ -137,6 +137,6 @@ def test_policy_shapes_are_accepted_and_shown_wide(cluster: ClusterAccess, names
         "overflow": "ReplaceOldest",
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
-    header, row = cluster.kubectl("get", "cpol", "-n", namespace, "-o", "wide").splitlines()
+    header, row = cluster.kubectl("get", "conpol", "-n", namespace, "-o", "wide").splitlines()
     assert header.split()[-4:] == ["AGE", "MAX", "QUEUED", "OVERFLOW"]
     assert row.split()[-2:] == ["10", "ReplaceOldest"]
