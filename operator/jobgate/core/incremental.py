@@ -1,0 +1,590 @@
+"""Incremental decisions: the same plan as `admission.plan()`, at a cost that depends on what changed.
+
+`plan()` looks at every tracked Job on every pass; with a million queued Jobs one
+pass takes seconds. `IncrementalPlanner` keeps what a pass needs between passes,
+and is told what changed:
+
+    planner = IncrementalPlanner(policies, jobs)       # a LIST's worth, in one go
+    planner.upsert_job(view); planner.remove_job(uid)   # watch events
+    planner.upsert_policy(policy); planner.remove_policy(ref)
+    decided = planner.plan(assumed)                     # an admission.Plan
+
+`decided.admit`, `.resuspend` and `.release` are what `admission.plan(policies,
+jobs, assumed)` returns for the same Jobs, policies and assumed admissions
+(`release` and `resuspend` in admission order; tests/unit/test_incremental.py
+holds both to that after every event of random event sequences).
+`decided.running` only holds the keys the pass looked at: ask `running_count()`
+for any other.
+
+How it stays cheap. Per (policy, key) — a *slot* — it keeps the running count
+(assumed admissions included) and the limit (`policy.limit_for(key)`). Queued
+Jobs are grouped by the exact set of slots they need (their *group*: one slot
+for a Job one policy governs, one per policy when several do); a group's Jobs
+are interchangeable but for their admission order, so it keeps them in a heap
+and only its head matters. A pass admits, in admission order, from the groups
+whose every slot has room, and each such group admits a prefix of its queue
+(counts only grow during a pass, so once a group's Job is blocked, so are the
+ones behind it).
+
+Which groups may have room is tracked the way SAT solvers watch clauses: a
+group that a full slot blocked *waits on* that slot, in a heap ordered by the
+group's head; a group whose state changed (a new Job, its head admitted) is
+*pending*. When a slot's count drops below its limit, its waiting groups become
+candidates again: a pass merges the pending groups and the waiting heaps of
+such *opened* slots, in admission order, and stops reading a slot's heap as
+soon as this pass filled it. A group found blocked by another full slot moves
+to that slot's heap. So a completion costs a few heap operations on the keys
+it touches, whatever the length of the queues; a keyless cap (one slot over a
+whole namespace) costs the groups it has to skip past, which are blocked by
+another full slot, and those move away and are not looked at again until that
+slot opens.
+
+What costs more: a policy whose selector, key labels or creation time changes
+(or that is added or removed) re-reads every tracked Job of its namespace;
+a policy whose limit changes visits its slots only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
+from typing import Final
+
+from jobgate.core import admission
+from jobgate.core.admission import Key, Plan, PolicyRef
+from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
+
+Order = tuple[int, float, str, str]  # JobView.order
+SlotId = tuple[PolicyRef, Key]
+Signature = tuple[SlotId, ...]  # the slots a Job needs, sorted: identifies its group
+QueueEntry = tuple[Order, str]  # (order, uid) in a group's heap
+GroupEntry = tuple[Order, int, "Group"]  # (head order, tie-break, group) in a pending or waiting heap
+_Source = tuple[list[GroupEntry], "Slot | None"]  # a heap of groups, and the slot they all wait on
+
+# What a tracked Job is to the decision.
+IGNORED: Final = 0  # finished, held, ungoverned and not ours to release
+RUNNING: Final = 1  # holds a slot in each policy that governs it
+QUEUED: Final = 2  # waits in its group
+RELEASABLE: Final = 3  # queued by jobgate, governed by nothing any more
+
+# Heaps keep entries of Jobs and groups that moved on (lazy deletion); past this much garbage, rebuild.
+COMPACT_ABOVE = 64
+
+
+class Slot:
+    """One policy's key: its running Jobs, its limit, and the groups that wait for it to have room."""
+
+    __slots__ = ("count", "groups", "homed", "id", "late", "limit", "policy", "queued", "waiting")
+
+    def __init__(self, policy: ConcurrencyPolicy, key: Key) -> None:
+        self.id: SlotId = ((policy.namespace, policy.name), key)
+        self.policy = policy
+        self.limit = policy.limit_for(key)
+        self.count = 0  # running Jobs, assumed admissions included
+        self.queued = 0  # queued Jobs
+        # Running Jobs unsuspended without our admission after the policy existed: the backstop's suspects.
+        self.late: dict[str, JobView] = {}
+        self.waiting: list[GroupEntry] = []  # groups blocked here when it was full, by head order
+        self.homed = 0  # how many groups wait here (live entries of `waiting`)
+        self.groups = 0  # how many groups need this slot: at 0 it is forgotten
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.limit
+
+
+class Group:
+    """The queued Jobs that need exactly the same slots, in admission order."""
+
+    __slots__ = ("entry", "home", "members", "queue", "signature", "size", "slots")
+
+    def __init__(self, signature: Signature, slots: tuple[Slot, ...]) -> None:
+        self.signature = signature
+        self.slots = slots
+        self.queue: list[QueueEntry] = []  # heap; an entry is live while its Job's record holds it
+        self.size = 0  # live entries of `queue`
+        self.members = 0  # tracked Jobs (running or queued) of this signature: at 0 it is forgotten
+        self.home: Slot | None = None  # the full slot it waits on; None: pending (or empty)
+        self.entry: GroupEntry | None = None  # its live entry in its home's heap; None while empty
+
+
+@dataclass(slots=True)
+class _Tracked:
+    view: JobView
+    state: int
+    group: Group | None  # for RUNNING and QUEUED Jobs
+    entry: QueueEntry | None  # for QUEUED Jobs: the live entry in the group's queue
+
+
+def _order(view: JobView) -> Order:
+    return view.order
+
+
+def _is_late(view: JobView, policy: ConcurrencyPolicy) -> bool:
+    """Unsuspended behind our back: plan()'s backstop may re-suspend it when its key is over the limit."""
+    return view.admitted_at is None and view.created > policy.created and not view.suspended
+
+
+def _selector_labels(selector: LabelSelector) -> Iterator[str]:
+    yield from selector.matchLabels or {}
+    for requirement in selector.matchExpressions or ():
+        yield requirement.key
+
+
+class IncrementalPlanner:
+    """What `admission.plan()` decides, kept up to date event by event (see the module's docstring)."""
+
+    def __init__(self, policies: Iterable[ConcurrencyPolicy] = (), jobs: Iterable[JobView] = ()) -> None:
+        self._policies: dict[PolicyRef, ConcurrencyPolicy] = {}
+        self._by_namespace: dict[str, list[ConcurrencyPolicy]] = {}
+        # Per namespace: the labels its policies read, and the signature each combination of their values gets.
+        self._relevant: dict[str, tuple[str, ...]] = {}
+        self._signatures: dict[str, dict[tuple[str | None, ...], Signature]] = {}
+        self._slots: dict[PolicyRef, dict[Key, Slot]] = {}
+        self._groups: dict[Signature, Group] = {}
+        self._jobs: dict[str, _Tracked] = {}
+        self._namespace_jobs: dict[str, set[str]] = {}
+        self._assumed: set[str] = set()
+        self._pending: list[GroupEntry] = []  # groups to look at on the next pass
+        self._pending_count = 0
+        self._opened: set[Slot] = set()  # slots with room and groups waiting on them
+        self._overfull: set[Slot] = set()  # slots over their limit with late Jobs: the backstop's work
+        self._releasable: dict[str, JobView] = {}
+        self._tie = itertools.count()
+        for policy in policies:
+            self._policies[(policy.namespace, policy.name)] = policy
+        for namespace in {ref[0] for ref in self._policies}:
+            self._index_namespace(namespace)
+        self._load(jobs)
+
+    # --- events -------------------------------------------------------------------------------------
+
+    def upsert_job(self, view: JobView) -> None:
+        """A Job was added or changed (the newest view wins: the caller filters stale events)."""
+        old = self._jobs.get(view.uid)
+        state, signature = self._classify(view)
+        if (
+            old is not None
+            and old.state == state
+            and (old.group.signature if old.group else None) == signature
+            and (state != QUEUED or old.view.order == view.order)
+        ):
+            if state == RUNNING:
+                self._update_late(old.view, view, old.group)
+            elif state == RELEASABLE:
+                self._releasable[view.uid] = view
+            old.view = view  # a plan hands out the newest view: patches test its resourceVersion
+            return
+        if old is not None:
+            self._untrack(old)
+        else:
+            self._namespace_jobs.setdefault(view.namespace, set()).add(view.uid)
+        self._track(view, state, signature)
+
+    def remove_job(self, uid: str) -> None:
+        """A Job was deleted, or stopped mattering."""
+        old = self._jobs.get(uid)
+        if old is None:
+            return
+        self._untrack(old)
+        del self._jobs[uid]
+        members = self._namespace_jobs[old.view.namespace]
+        members.discard(uid)
+        if not members:
+            del self._namespace_jobs[old.view.namespace]
+
+    def upsert_policy(self, policy: ConcurrencyPolicy) -> None:
+        ref = (policy.namespace, policy.name)
+        old = self._policies.get(ref)
+        if old == policy:
+            return
+        if (
+            old is not None
+            and old.spec.selector == policy.spec.selector
+            and old.spec.keyLabels == policy.spec.keyLabels
+            and old.created == policy.created
+        ):
+            # Same Jobs under the same keys: only limits may differ.
+            self._policies[ref] = policy
+            self._index_namespace(policy.namespace, forget_signatures=False)
+            for slot in self._slots.get(ref, {}).values():
+                slot.policy = policy
+                slot.limit = policy.limit_for(slot.id[1])
+                self._refresh(slot)
+            return
+        self._regovern(policy.namespace, lambda: self._policies.__setitem__(ref, policy))
+
+    def remove_policy(self, ref: PolicyRef) -> None:
+        if ref in self._policies:
+            self._regovern(ref[0], lambda: self._policies.__delitem__(ref))
+
+    # --- deciding -----------------------------------------------------------------------------------
+
+    def plan(self, assumed: Collection[str] = ()) -> Plan:
+        """Every admission that fits now, the intruders to re-suspend and the Jobs to release.
+
+        `assumed`: admissions sent and not yet seen come back, as for `admission.plan()`.
+        The pass reads only pending groups and the groups waiting on slots that have room.
+        """
+        self._sync_assumed(assumed)
+        result = Plan()
+        extra: dict[Slot, int] = {}  # this pass's admissions per slot
+        looked_at: set[Slot] = set()
+        # Merged in admission order: the head group of each source heap (job None), and the next Job
+        # of each group that is admitting (source None). A source is a heap and the slot all its
+        # groups need (None for the pending heap).
+        merge: list[tuple[Order, int, Group, QueueEntry | None, _Source | None]] = []
+        put_back_groups: list[tuple[list[GroupEntry], GroupEntry]] = []
+        put_back_jobs: list[tuple[Group, QueueEntry]] = []
+
+        def room(slot: Slot) -> bool:
+            return slot.count + extra.get(slot, 0) < slot.limit
+
+        def next_group(source: _Source) -> None:
+            heap = source[0]
+            while heap:
+                entry = heappop(heap)
+                if entry[2].entry is entry:
+                    heappush(merge, (entry[0], next(self._tie), entry[2], None, source))
+                    return
+
+        def admit(group: Group, job: QueueEntry) -> None:
+            put_back_jobs.append((group, job))
+            result.admit.append(self._jobs[job[1]].view)
+            for slot in group.slots:
+                extra[slot] = extra.get(slot, 0) + 1
+            following = self._pop_head(group)
+            if following is not None:
+                heappush(merge, (following[0], next(self._tie), group, following, None))
+
+        next_group((self._pending, None))
+        for slot in list(self._opened):
+            if slot.full or not slot.homed:
+                self._opened.discard(slot)
+            else:
+                next_group((slot.waiting, slot))
+
+        while merge:
+            _, _, group, job, source = heappop(merge)
+            if job is not None:  # the next Job of a group that is admitting
+                if all(room(slot) for slot in group.slots):
+                    admit(group, job)
+                else:
+                    put_back_jobs.append((group, job))  # and the rest of the group waits
+                continue
+            assert source is not None
+            looked_at.update(group.slots)
+            blocker = next((slot for slot in group.slots if slot.full), None)
+            if blocker is not None:  # blocked until that slot has room: wait there
+                self._home(group, blocker)
+                next_group(source)
+                continue
+            assert group.entry is not None
+            put_back_groups.append((source[0], group.entry))
+            if all(room(slot) for slot in group.slots):
+                head = self._pop_head(group)
+                assert head is not None and head[0] == group.entry[0]
+                admit(group, head)
+            elif source[1] is not None and not room(source[1]):
+                continue  # this pass filled the slot every group of this heap needs
+            next_group(source)
+
+        for heap, entry in put_back_groups:
+            heappush(heap, entry)
+        for group, job in put_back_jobs:
+            heappush(group.queue, job)
+
+        intruders: dict[str, JobView] = {}
+        for slot in self._overfull:
+            legit = slot.count - len(slot.late)
+            room_left = max(0, slot.limit - legit)
+            for view in sorted(slot.late.values(), key=_order)[room_left:]:
+                intruders[view.uid] = view
+        result.resuspend = sorted(intruders.values(), key=_order)
+        result.release = sorted(self._releasable.values(), key=_order)
+        result.running = {slot.id: slot.count for slot in looked_at | self._overfull if slot.count}
+        return result
+
+    def running_count(self, slot: SlotId) -> int:
+        """Running Jobs (assumed admissions included) of one policy's key."""
+        found = self._slots.get(slot[0], {}).get(slot[1])
+        return found.count if found is not None else 0
+
+    def key_counts(self, ref: PolicyRef) -> dict[Key, tuple[int, int]]:
+        """(running, queued) per key of one policy, for the keys that have either."""
+        return {key: (s.count, s.queued) for key, s in self._slots.get(ref, {}).items() if s.count or s.queued}
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    # --- tracking -----------------------------------------------------------------------------------
+
+    def _load(self, views: Iterable[JobView]) -> None:
+        """Track many Jobs at once: queues are heapified once at the end, not pushed into one by one."""
+        touched: set[Group] = set()
+        known_already = []
+        for view in views:
+            if view.uid in self._jobs:
+                known_already.append(view)
+                continue
+            self._namespace_jobs.setdefault(view.namespace, set()).add(view.uid)
+            group = self._add(view, *self._classify(view), queue_in_bulk=True)
+            if group is not None:
+                touched.add(group)
+        for group in touched:
+            heapify(group.queue)
+            if group.entry is None:
+                self._home(group, None)
+            else:
+                self._rekey(group)
+        for view in known_already:
+            self.upsert_job(view)
+
+    def _track(self, view: JobView, state: int, signature: Signature | None) -> None:
+        group = self._add(view, state, signature, queue_in_bulk=False)
+        if group is None:
+            return
+        if group.entry is None:
+            self._home(group, None)  # it was empty: look at it on the next pass
+        elif view.order < group.entry[0]:
+            self._rekey(group)  # a new head
+
+    def _add(self, view: JobView, state: int, signature: Signature | None, *, queue_in_bulk: bool) -> Group | None:
+        """Record the Job and count it; returns the group of a queued Job (whose head may have changed)."""
+        record = _Tracked(view, state, None, None)
+        self._jobs[view.uid] = record
+        if state == RELEASABLE:
+            self._releasable[view.uid] = view
+        if signature is None:
+            return None
+        group = record.group = self._group(signature)
+        group.members += 1
+        if state == RUNNING:
+            for slot in group.slots:
+                slot.count += 1
+                if _is_late(view, slot.policy):
+                    slot.late[view.uid] = view
+                self._refresh(slot)
+            return None
+        record.entry = (view.order, view.uid)
+        group.size += 1
+        for slot in group.slots:
+            slot.queued += 1
+        if queue_in_bulk:
+            group.queue.append(record.entry)
+        else:
+            heappush(group.queue, record.entry)
+            if len(group.queue) > 2 * group.size + COMPACT_ABOVE:
+                group.queue = [e for e in group.queue if self._is_live(e)]
+                heapify(group.queue)
+        return group
+
+    def _untrack(self, record: _Tracked) -> None:
+        if record.state == RELEASABLE:
+            del self._releasable[record.view.uid]
+        group = record.group
+        if group is None:
+            return
+        if record.state == RUNNING:
+            for slot in group.slots:
+                slot.count -= 1
+                slot.late.pop(record.view.uid, None)
+                self._refresh(slot)
+        else:
+            assert record.entry is not None
+            was_head = group.entry is not None and record.entry[0] == group.entry[0]
+            record.entry = None
+            group.size -= 1
+            for slot in group.slots:
+                slot.queued -= 1
+            if group.size == 0:
+                self._leave_home(group)
+                group.queue.clear()
+            elif was_head:
+                self._rekey(group)
+        record.group = None
+        group.members -= 1
+        if group.members == 0:
+            self._forget_group(group)
+
+    def _update_late(self, old: JobView, new: JobView, group: Group | None) -> None:
+        assert group is not None
+        for slot in group.slots:
+            if _is_late(new, slot.policy):
+                slot.late[new.uid] = new
+            elif slot.late.pop(old.uid, None) is None:
+                continue
+            self._refresh(slot)
+
+    def _classify(self, view: JobView) -> tuple[int, Signature | None]:
+        """What plan() makes of this Job now, and the slots it needs if it runs or queues under a policy."""
+        if view.finished:
+            return IGNORED, None
+        signature = self._signature(view)
+        running = not view.suspended or view.uid in self._assumed
+        if not signature:
+            if not running and view.queued and view.queued_at is not None and view.admitted_at is None:
+                return RELEASABLE, None
+            return IGNORED, None
+        if running:
+            return RUNNING, signature
+        if view.queued:
+            return QUEUED, signature
+        return IGNORED, None
+
+    def _sync_assumed(self, assumed: Collection[str]) -> None:
+        if len(assumed) == len(self._assumed) and all(uid in self._assumed for uid in assumed):
+            return
+        now = set(assumed)
+        changed = now ^ self._assumed
+        self._assumed = now
+        for uid in changed:
+            record = self._jobs.get(uid)
+            if record is not None:
+                self.upsert_job(record.view)
+
+    # --- groups and their homes ---------------------------------------------------------------------
+
+    def _group(self, signature: Signature) -> Group:
+        group = self._groups.get(signature)
+        if group is None:
+            slots = tuple(self._slot(ref, key) for ref, key in signature)
+            for slot in slots:
+                slot.groups += 1
+            group = self._groups[signature] = Group(signature, slots)
+        return group
+
+    def _slot(self, ref: PolicyRef, key: Key) -> Slot:
+        keys = self._slots.setdefault(ref, {})
+        slot = keys.get(key)
+        if slot is None:
+            slot = keys[key] = Slot(self._policies[ref], key)
+        return slot
+
+    def _forget_group(self, group: Group) -> None:
+        self._leave_home(group)
+        del self._groups[group.signature]
+        for slot in group.slots:
+            slot.groups -= 1
+            if slot.groups == 0:
+                ref, key = slot.id
+                del self._slots[ref][key]
+                if not self._slots[ref]:
+                    del self._slots[ref]
+                self._opened.discard(slot)
+                self._overfull.discard(slot)
+
+    def _is_live(self, entry: QueueEntry) -> bool:
+        record = self._jobs.get(entry[1])
+        return record is not None and record.entry is entry
+
+    def _pop_head(self, group: Group) -> QueueEntry | None:
+        """Take the group's first live Job off its queue (the caller puts it back)."""
+        queue = group.queue
+        while queue:
+            entry = heappop(queue)
+            if self._is_live(entry):
+                return entry
+        return None
+
+    def _head(self, group: Group) -> Order:
+        queue = group.queue
+        while not self._is_live(queue[0]):
+            heappop(queue)
+        return queue[0][0]
+
+    def _home(self, group: Group, slot: Slot | None) -> None:
+        """Make the group wait on `slot` (full now), or be looked at on the next pass (None)."""
+        self._leave_home(group)
+        group.home = slot
+        group.entry = (self._head(group), next(self._tie), group)
+        if slot is None:
+            self._pending_count += 1
+            self._pending = self._push(self._pending, group.entry, self._pending_count)
+        else:
+            slot.homed += 1
+            slot.waiting = self._push(slot.waiting, group.entry, slot.homed)
+            self._refresh(slot)
+
+    def _rekey(self, group: Group) -> None:
+        """The group's head changed: its entry must sort by the new one."""
+        group.entry = (self._head(group), next(self._tie), group)
+        if group.home is None:
+            self._pending = self._push(self._pending, group.entry, self._pending_count)
+        else:
+            group.home.waiting = self._push(group.home.waiting, group.entry, group.home.homed)
+
+    def _leave_home(self, group: Group) -> None:
+        if group.entry is None:
+            return
+        group.entry = None
+        if group.home is None:
+            self._pending_count -= 1
+        else:
+            group.home.homed -= 1
+            self._refresh(group.home)
+            group.home = None
+
+    @staticmethod
+    def _push(heap: list[GroupEntry], entry: GroupEntry, live: int) -> list[GroupEntry]:
+        heappush(heap, entry)
+        if len(heap) > 2 * live + COMPACT_ABOVE:
+            heap = [e for e in heap if e[2].entry is e]
+            heapify(heap)
+        return heap
+
+    def _refresh(self, slot: Slot) -> None:
+        """Keep the sets of opened and overfull slots true to the slot's counts."""
+        if slot.count < slot.limit and slot.homed:
+            self._opened.add(slot)
+        else:
+            self._opened.discard(slot)
+        if slot.count > slot.limit and slot.late:
+            self._overfull.add(slot)
+        else:
+            self._overfull.discard(slot)
+
+    # --- governance ---------------------------------------------------------------------------------
+
+    def _signature(self, view: JobView) -> Signature:
+        """The slots the Job needs, remembered per combination of the labels its namespace's policies read."""
+        namespace = view.namespace
+        relevant = self._relevant.get(namespace)
+        if relevant is None:
+            return ()
+        labels = view.labels
+        values = tuple(labels.get(name) for name in relevant)
+        known = self._signatures[namespace]
+        signature = known.get(values)
+        if signature is None:
+            if len(known) > 2 * len(self._namespace_jobs.get(namespace, ())) + 1024:
+                known.clear()  # combinations no tracked Job has any more
+            governors = admission.governance(self._by_namespace[namespace], view)
+            signature = known[values] = tuple(sorted(gov.slot for gov in governors))
+        return signature
+
+    def _index_namespace(self, namespace: str, forget_signatures: bool = True) -> None:
+        policies = [p for ref, p in self._policies.items() if ref[0] == namespace]
+        if not policies:
+            self._by_namespace.pop(namespace, None)
+            self._relevant.pop(namespace, None)
+            self._signatures.pop(namespace, None)
+            return
+        self._by_namespace[namespace] = policies
+        labels = {name for p in policies for name in (*_selector_labels(p.spec.selector), *p.spec.keyLabels)}
+        self._relevant[namespace] = tuple(sorted(labels))
+        if forget_signatures or namespace not in self._signatures:
+            self._signatures[namespace] = {}
+
+    def _regovern(self, namespace: str, change: Callable[[], object]) -> None:
+        """A policy of the namespace changed whom it governs: take its Jobs out, change it, put them back."""
+        uids = list(self._namespace_jobs.get(namespace, ()))
+        views = [self._jobs[uid].view for uid in uids]
+        for uid in uids:
+            self.remove_job(uid)
+        change()
+        self._index_namespace(namespace)
+        self._load(views)
