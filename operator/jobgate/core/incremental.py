@@ -40,8 +40,9 @@ another full slot, and those move away and are not looked at again until that
 slot opens.
 
 What costs more: a policy whose selector, key labels or creation time changes
-(or that is added or removed) re-reads every tracked Job of its namespace;
-a policy whose limit changes visits its slots only.
+(or that is added or removed) takes every tracked Job of its namespace out and
+back in, after a look at every tracked Job to find them (about a second at a
+million); a policy whose limit changes visits its own keys only.
 """
 
 from __future__ import annotations
@@ -52,17 +53,16 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import Final
 
-from jobgate.core import admission
 from jobgate.core.admission import Key, Plan, PolicyRef
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
+from jobgate.core.selectors import matches
 
-Order = tuple[int, float, str, str]  # JobView.order
+# A queued Job in its group's heap: JobView.order, then the uid. Entries compare in admission order.
+QueueEntry = tuple[int, float, str, str, str]
 SlotId = tuple[PolicyRef, Key]
-Signature = tuple[SlotId, ...]  # the slots a Job needs, sorted: identifies its group
-QueueEntry = tuple[Order, str]  # (order, uid) in a group's heap
-GroupEntry = tuple[Order, int, "Group"]  # (head order, tie-break, group) in a pending or waiting heap
-_Source = tuple[list[GroupEntry], "Slot | None"]  # a heap of groups, and the slot they all wait on
+GroupEntry = tuple[QueueEntry, int, "Group"]  # (head, tie-break, group) in the pending heap or a slot's
+_Source = tuple[list[GroupEntry], "Slot | None"]  # a heap of groups, and the slot they all need (None: pending)
 
 # What a tracked Job is to the decision.
 IGNORED: Final = 0  # finished, held, ungoverned and not ours to release
@@ -70,6 +70,8 @@ RUNNING: Final = 1  # holds a slot in each policy that governs it
 QUEUED: Final = 2  # waits in its group
 RELEASABLE: Final = 3  # queued by jobgate, governed by nothing any more
 
+# Which policies select a combination of label values is remembered for this many combinations per namespace.
+SELECTIONS_KEPT = 65536
 # Heaps keep entries of Jobs and groups that moved on (lazy deletion); past this much garbage, rebuild.
 COMPACT_ABOVE = 64
 
@@ -87,8 +89,8 @@ class Slot:
         self.queued = 0  # queued Jobs
         # Running Jobs unsuspended without our admission after the policy existed: the backstop's suspects.
         self.late: dict[str, JobView] = {}
-        self.waiting: list[GroupEntry] = []  # groups blocked here when it was full, by head order
-        self.homed = 0  # how many groups wait here (live entries of `waiting`)
+        self.waiting: list[GroupEntry] = []  # groups blocked here, by head
+        self.homed = 0  # how many groups wait here (the live entries of `waiting`)
         self.groups = 0  # how many groups need this slot: at 0 it is forgotten
 
     @property
@@ -96,17 +98,29 @@ class Slot:
         return self.count >= self.limit
 
 
+class Selection:
+    """The policies that select Jobs with one combination of selector label values, and their groups."""
+
+    __slots__ = ("groups", "key_labels", "policies")
+
+    def __init__(self, policies: Iterable[ConcurrencyPolicy]) -> None:
+        self.policies = tuple(policies)
+        self.key_labels = tuple(label for p in self.policies for label in p.spec.keyLabels)
+        self.groups: dict[tuple[str, ...], Group] = {}  # by the values of key_labels
+
+
 class Group:
     """The queued Jobs that need exactly the same slots, in admission order."""
 
-    __slots__ = ("entry", "home", "members", "queue", "signature", "size", "slots")
+    __slots__ = ("entry", "home", "key", "members", "queue", "selection", "size", "slots")
 
-    def __init__(self, signature: Signature, slots: tuple[Slot, ...]) -> None:
-        self.signature = signature
+    def __init__(self, selection: Selection, key: tuple[str, ...], slots: tuple[Slot, ...]) -> None:
+        self.selection = selection
+        self.key = key  # in selection.groups
         self.slots = slots
         self.queue: list[QueueEntry] = []  # heap; an entry is live while its Job's record holds it
         self.size = 0  # live entries of `queue`
-        self.members = 0  # tracked Jobs (running or queued) of this signature: at 0 it is forgotten
+        self.members = 0  # tracked Jobs (running or queued) in it: at 0 it is forgotten
         self.home: Slot | None = None  # the full slot it waits on; None: pending (or empty)
         self.entry: GroupEntry | None = None  # its live entry in its home's heap; None while empty
 
@@ -119,13 +133,23 @@ class _Tracked:
     entry: QueueEntry | None  # for QUEUED Jobs: the live entry in the group's queue
 
 
-def _order(view: JobView) -> Order:
-    return view.order
+def _queue_entry(view: JobView) -> QueueEntry:
+    return (-view.priority, view.created, view.namespace, view.name, view.uid)
 
 
 def _is_late(view: JobView, policy: ConcurrencyPolicy) -> bool:
     """Unsuspended behind our back: plan()'s backstop may re-suspend it when its key is over the limit."""
     return view.admitted_at is None and view.created > policy.created and not view.suspended
+
+
+def _blocker(group: Group, room: Callable[[Slot], bool]) -> Slot:
+    """The slot a blocked group should wait on: a full one if any, the one with the fewest groups.
+
+    A small slot wakes few groups when it opens; a keyless cap that opened would wake
+    every group it holds, and those blocked by their own key as well would only move.
+    """
+    full = [slot for slot in group.slots if slot.full] or [slot for slot in group.slots if not room(slot)]
+    return min(full, key=lambda slot: slot.groups)
 
 
 def _selector_labels(selector: LabelSelector) -> Iterator[str]:
@@ -139,20 +163,20 @@ class IncrementalPlanner:
 
     def __init__(self, policies: Iterable[ConcurrencyPolicy] = (), jobs: Iterable[JobView] = ()) -> None:
         self._policies: dict[PolicyRef, ConcurrencyPolicy] = {}
+        # Per namespace: its policies by name, the labels their selectors read, and for each
+        # combination of those labels' values, which policies select it.
         self._by_namespace: dict[str, list[ConcurrencyPolicy]] = {}
-        # Per namespace: the labels its policies read, and the signature each combination of their values gets.
-        self._relevant: dict[str, tuple[str, ...]] = {}
-        self._signatures: dict[str, dict[tuple[str | None, ...], Signature]] = {}
+        self._selector_labels: dict[str, tuple[str, ...]] = {}
+        self._selections: dict[str, dict[tuple[str | None, ...], Selection]] = {}
         self._slots: dict[PolicyRef, dict[Key, Slot]] = {}
-        self._groups: dict[Signature, Group] = {}
         self._jobs: dict[str, _Tracked] = {}
-        self._namespace_jobs: dict[str, set[str]] = {}
         self._assumed: set[str] = set()
         self._pending: list[GroupEntry] = []  # groups to look at on the next pass
         self._pending_count = 0
         self._opened: set[Slot] = set()  # slots with room and groups waiting on them
         self._overfull: set[Slot] = set()  # slots over their limit with late Jobs: the backstop's work
         self._releasable: dict[str, JobView] = {}
+        self._emptied: list[Group] = []  # groups that lost their last Job: forgotten unless one comes back
         self._tie = itertools.count()
         for policy in policies:
             self._policies[(policy.namespace, policy.name)] = policy
@@ -164,37 +188,13 @@ class IncrementalPlanner:
 
     def upsert_job(self, view: JobView) -> None:
         """A Job was added or changed (the newest view wins: the caller filters stale events)."""
-        old = self._jobs.get(view.uid)
-        state, signature = self._classify(view)
-        if (
-            old is not None
-            and old.state == state
-            and (old.group.signature if old.group else None) == signature
-            and (state != QUEUED or old.view.order == view.order)
-        ):
-            if state == RUNNING:
-                self._update_late(old.view, view, old.group)
-            elif state == RELEASABLE:
-                self._releasable[view.uid] = view
-            old.view = view  # a plan hands out the newest view: patches test its resourceVersion
-            return
-        if old is not None:
-            self._untrack(old)
-        else:
-            self._namespace_jobs.setdefault(view.namespace, set()).add(view.uid)
-        self._track(view, state, signature)
+        self._upsert(view)
+        self._forget_emptied()
 
     def remove_job(self, uid: str) -> None:
         """A Job was deleted, or stopped mattering."""
-        old = self._jobs.get(uid)
-        if old is None:
-            return
-        self._untrack(old)
-        del self._jobs[uid]
-        members = self._namespace_jobs[old.view.namespace]
-        members.discard(uid)
-        if not members:
-            del self._namespace_jobs[old.view.namespace]
+        self._remove(uid)
+        self._forget_emptied()
 
     def upsert_policy(self, policy: ConcurrencyPolicy) -> None:
         ref = (policy.namespace, policy.name)
@@ -207,9 +207,11 @@ class IncrementalPlanner:
             and old.spec.keyLabels == policy.spec.keyLabels
             and old.created == policy.created
         ):
-            # Same Jobs under the same keys: only limits may differ.
+            # The same Jobs under the same keys: only limits may differ.
             self._policies[ref] = policy
-            self._index_namespace(policy.namespace, forget_signatures=False)
+            self._by_namespace[policy.namespace] = [
+                policy if p.name == policy.name else p for p in self._by_namespace[policy.namespace]
+            ]
             for slot in self._slots.get(ref, {}).values():
                 slot.policy = policy
                 slot.limit = policy.limit_for(slot.id[1])
@@ -234,9 +236,8 @@ class IncrementalPlanner:
         extra: dict[Slot, int] = {}  # this pass's admissions per slot
         looked_at: set[Slot] = set()
         # Merged in admission order: the head group of each source heap (job None), and the next Job
-        # of each group that is admitting (source None). A source is a heap and the slot all its
-        # groups need (None for the pending heap).
-        merge: list[tuple[Order, int, Group, QueueEntry | None, _Source | None]] = []
+        # of each group that is admitting (source None).
+        merge: list[tuple[QueueEntry, int, Group, QueueEntry | None, _Source | None]] = []
         put_back_groups: list[tuple[list[GroupEntry], GroupEntry]] = []
         put_back_jobs: list[tuple[Group, QueueEntry]] = []
 
@@ -253,12 +254,12 @@ class IncrementalPlanner:
 
         def admit(group: Group, job: QueueEntry) -> None:
             put_back_jobs.append((group, job))
-            result.admit.append(self._jobs[job[1]].view)
+            result.admit.append(self._jobs[job[4]].view)
             for slot in group.slots:
                 extra[slot] = extra.get(slot, 0) + 1
             following = self._pop_head(group)
             if following is not None:
-                heappush(merge, (following[0], next(self._tie), group, following, None))
+                heappush(merge, (following, next(self._tie), group, following, None))
 
         next_group((self._pending, None))
         for slot in list(self._opened):
@@ -275,21 +276,20 @@ class IncrementalPlanner:
                 else:
                     put_back_jobs.append((group, job))  # and the rest of the group waits
                 continue
-            assert source is not None
+            assert source is not None and group.entry is not None
             looked_at.update(group.slots)
-            blocker = next((slot for slot in group.slots if slot.full), None)
-            if blocker is not None:  # blocked until that slot has room: wait there
-                self._home(group, blocker)
-                next_group(source)
-                continue
-            assert group.entry is not None
-            put_back_groups.append((source[0], group.entry))
             if all(room(slot) for slot in group.slots):
+                put_back_groups.append((source[0], group.entry))
                 head = self._pop_head(group)
-                assert head is not None and head[0] == group.entry[0]
+                assert head is not None and head == group.entry[0]
                 admit(group, head)
             elif source[1] is not None and not room(source[1]):
-                continue  # this pass filled the slot every group of this heap needs
+                put_back_groups.append((source[0], group.entry))  # and stop reading this source:
+                continue  # this pass filled the slot every group of its heap needs
+            else:
+                # Wait on a full slot. One this pass filled may not be full once the pass is over
+                # (its admissions may never be sent): it counts as opened until it is full for real.
+                self._home(group, _blocker(group, room))
             next_group(source)
 
         for heap, entry in put_back_groups:
@@ -301,10 +301,10 @@ class IncrementalPlanner:
         for slot in self._overfull:
             legit = slot.count - len(slot.late)
             room_left = max(0, slot.limit - legit)
-            for view in sorted(slot.late.values(), key=_order)[room_left:]:
+            for view in sorted(slot.late.values(), key=_queue_entry)[room_left:]:
                 intruders[view.uid] = view
-        result.resuspend = sorted(intruders.values(), key=_order)
-        result.release = sorted(self._releasable.values(), key=_order)
+        result.resuspend = sorted(intruders.values(), key=_queue_entry)
+        result.release = sorted(self._releasable.values(), key=_queue_entry)
         result.running = {slot.id: slot.count for slot in looked_at | self._overfull if slot.count}
         return result
 
@@ -322,45 +322,75 @@ class IncrementalPlanner:
 
     # --- tracking -----------------------------------------------------------------------------------
 
+    def _upsert(self, view: JobView) -> None:
+        old = self._jobs.get(view.uid)
+        state, group = self._classify(view)
+        if (
+            old is not None
+            and old.state == state
+            and old.group is group
+            and (state != QUEUED or old.view.order == view.order)
+        ):
+            if state == RUNNING:
+                self._update_late(old.view, view, group)
+            elif state == RELEASABLE:
+                self._releasable[view.uid] = view
+            old.view = view  # a plan hands out the newest view: patches test its resourceVersion
+            return
+        if old is not None:
+            self._untrack(old)
+        record = self._add(view, state, group, queue_in_bulk=False)
+        if record.entry is not None and group is not None:
+            if group.entry is None:
+                self._home(group, None)  # it was empty: look at it on the next pass
+            elif record.entry < group.entry[0]:
+                self._rekey(group)  # a new head
+
+    def _remove(self, uid: str) -> None:
+        old = self._jobs.pop(uid, None)
+        if old is None:
+            return
+        self._untrack(old)
+
     def _load(self, views: Iterable[JobView]) -> None:
         """Track many Jobs at once: queues are heapified once at the end, not pushed into one by one."""
-        touched: set[Group] = set()
+        touched: dict[Group, int] = {}  # the groups that took queued Jobs, and their size before
         known_already = []
+        jobs = self._jobs
         for view in views:
-            if view.uid in self._jobs:
+            if view.uid in jobs:
                 known_already.append(view)
                 continue
-            self._namespace_jobs.setdefault(view.namespace, set()).add(view.uid)
-            group = self._add(view, *self._classify(view), queue_in_bulk=True)
-            if group is not None:
-                touched.add(group)
-        for group in touched:
+            state, group = self._classify(view)
+            if state == QUEUED and group is not None and group not in touched:
+                touched[group] = group.size
+            self._add(view, state, group, queue_in_bulk=True)
+        fresh = []
+        for group, size_before in touched.items():
+            for slot in group.slots:
+                slot.queued += group.size - size_before
             heapify(group.queue)
             if group.entry is None:
-                self._home(group, None)
+                group.entry = (self._head(group), next(self._tie), group)
+                fresh.append(group.entry)
             else:
                 self._rekey(group)
+        if fresh:  # pending, all at once
+            self._pending_count += len(fresh)
+            self._pending.extend(fresh)
+            heapify(self._pending)
         for view in known_already:
-            self.upsert_job(view)
+            self._upsert(view)
+        self._forget_emptied()
 
-    def _track(self, view: JobView, state: int, signature: Signature | None) -> None:
-        group = self._add(view, state, signature, queue_in_bulk=False)
-        if group is None:
-            return
-        if group.entry is None:
-            self._home(group, None)  # it was empty: look at it on the next pass
-        elif view.order < group.entry[0]:
-            self._rekey(group)  # a new head
-
-    def _add(self, view: JobView, state: int, signature: Signature | None, *, queue_in_bulk: bool) -> Group | None:
-        """Record the Job and count it; returns the group of a queued Job (whose head may have changed)."""
-        record = _Tracked(view, state, None, None)
+    def _add(self, view: JobView, state: int, group: Group | None, *, queue_in_bulk: bool) -> _Tracked:
+        """Record the Job and count it. A queued Job's entry is in its group's queue; its head may be new."""
+        record = _Tracked(view, state, group, None)
         self._jobs[view.uid] = record
         if state == RELEASABLE:
             self._releasable[view.uid] = view
-        if signature is None:
-            return None
-        group = record.group = self._group(signature)
+        if group is None:
+            return record
         group.members += 1
         if state == RUNNING:
             for slot in group.slots:
@@ -368,19 +398,19 @@ class IncrementalPlanner:
                 if _is_late(view, slot.policy):
                     slot.late[view.uid] = view
                 self._refresh(slot)
-            return None
-        record.entry = (view.order, view.uid)
+            return record
+        record.entry = entry = (-view.priority, view.created, view.namespace, view.name, view.uid)
         group.size += 1
-        for slot in group.slots:
-            slot.queued += 1
-        if queue_in_bulk:
-            group.queue.append(record.entry)
+        if queue_in_bulk:  # the caller counts and heapifies
+            group.queue.append(entry)
         else:
-            heappush(group.queue, record.entry)
+            for slot in group.slots:
+                slot.queued += 1
+            heappush(group.queue, entry)
             if len(group.queue) > 2 * group.size + COMPACT_ABOVE:
                 group.queue = [e for e in group.queue if self._is_live(e)]
                 heapify(group.queue)
-        return group
+        return record
 
     def _untrack(self, record: _Tracked) -> None:
         if record.state == RELEASABLE:
@@ -395,7 +425,7 @@ class IncrementalPlanner:
                 self._refresh(slot)
         else:
             assert record.entry is not None
-            was_head = group.entry is not None and record.entry[0] == group.entry[0]
+            was_head = group.entry is not None and record.entry == group.entry[0]
             record.entry = None
             group.size -= 1
             for slot in group.slots:
@@ -408,7 +438,7 @@ class IncrementalPlanner:
         record.group = None
         group.members -= 1
         if group.members == 0:
-            self._forget_group(group)
+            self._emptied.append(group)
 
     def _update_late(self, old: JobView, new: JobView, group: Group | None) -> None:
         assert group is not None
@@ -419,21 +449,19 @@ class IncrementalPlanner:
                 continue
             self._refresh(slot)
 
-    def _classify(self, view: JobView) -> tuple[int, Signature | None]:
-        """What plan() makes of this Job now, and the slots it needs if it runs or queues under a policy."""
+    def _classify(self, view: JobView) -> tuple[int, Group | None]:
+        """What plan() makes of this Job now, and its group if it runs or queues under a policy."""
         if view.finished:
             return IGNORED, None
-        signature = self._signature(view)
         running = not view.suspended or view.uid in self._assumed
-        if not signature:
-            if not running and view.queued and view.queued_at is not None and view.admitted_at is None:
+        if not running and not view.queued:
+            return IGNORED, None  # held
+        group = self._group_of(view)
+        if group is None:
+            if not running and view.queued_at is not None and view.admitted_at is None:
                 return RELEASABLE, None
             return IGNORED, None
-        if running:
-            return RUNNING, signature
-        if view.queued:
-            return QUEUED, signature
-        return IGNORED, None
+        return (RUNNING if running else QUEUED), group
 
     def _sync_assumed(self, assumed: Collection[str]) -> None:
         if len(assumed) == len(self._assumed) and all(uid in self._assumed for uid in assumed):
@@ -444,41 +472,71 @@ class IncrementalPlanner:
         for uid in changed:
             record = self._jobs.get(uid)
             if record is not None:
-                self.upsert_job(record.view)
+                self._upsert(record.view)
+        self._forget_emptied()
 
     # --- groups and their homes ---------------------------------------------------------------------
 
-    def _group(self, signature: Signature) -> Group:
-        group = self._groups.get(signature)
+    def _group_of(self, view: JobView) -> Group | None:
+        """The Job's group: which policies select it is remembered per combination of the values of the
+        labels their selectors read; its key under each is read from its labels."""
+        read = self._selector_labels.get(view.namespace)
+        if read is None:
+            return None
+        labels = view.labels
+        get = labels.get
+        values = tuple([get(name) for name in read])
+        known = self._selections[view.namespace]
+        selection = known.get(values)
+        if selection is None:
+            if len(known) > SELECTIONS_KEPT:
+                known.clear()  # combinations that may not be seen again: the next Jobs find theirs anew
+            policies = self._by_namespace[view.namespace]
+            selection = known[values] = Selection(p for p in policies if matches(p.spec.selector, labels))
+        if not selection.policies:
+            return None
+        key = tuple([get(name, "") for name in selection.key_labels])
+        group = selection.groups.get(key)
         if group is None:
-            slots = tuple(self._slot(ref, key) for ref, key in signature)
-            for slot in slots:
-                slot.groups += 1
-            group = self._groups[signature] = Group(signature, slots)
+            group = selection.groups[key] = self._new_group(selection, key)
         return group
 
-    def _slot(self, ref: PolicyRef, key: Key) -> Slot:
-        keys = self._slots.setdefault(ref, {})
-        slot = keys.get(key)
-        if slot is None:
-            slot = keys[key] = Slot(self._policies[ref], key)
-        return slot
+    def _new_group(self, selection: Selection, key: tuple[str, ...]) -> Group:
+        slots, at = [], 0
+        for policy in selection.policies:
+            width = len(policy.spec.keyLabels)
+            ref, slot_key = (policy.namespace, policy.name), key[at : at + width]
+            at += width
+            keys = self._slots.get(ref)
+            if keys is None:
+                keys = self._slots[ref] = {}
+            slot = keys.get(slot_key)
+            if slot is None:  # with the policy as it is now: a selection outlives a change of limits
+                slot = keys[slot_key] = Slot(self._policies[ref], slot_key)
+            slot.groups += 1
+            slots.append(slot)
+        return Group(selection, key, tuple(slots))
 
-    def _forget_group(self, group: Group) -> None:
-        self._leave_home(group)
-        del self._groups[group.signature]
-        for slot in group.slots:
-            slot.groups -= 1
-            if slot.groups == 0:
-                ref, key = slot.id
-                del self._slots[ref][key]
-                if not self._slots[ref]:
-                    del self._slots[ref]
-                self._opened.discard(slot)
-                self._overfull.discard(slot)
+    def _forget_emptied(self) -> None:
+        """Forget the groups that lost their last Job, and slots no group needs: memory follows the Jobs."""
+        while self._emptied:
+            group = self._emptied.pop()
+            if group.members or group.selection.groups.get(group.key) is not group:
+                continue  # a Job came back, or it was forgotten already
+            self._leave_home(group)
+            del group.selection.groups[group.key]
+            for slot in group.slots:
+                slot.groups -= 1
+                if slot.groups == 0:
+                    ref, key = slot.id
+                    del self._slots[ref][key]
+                    if not self._slots[ref]:
+                        del self._slots[ref]
+                    self._opened.discard(slot)
+                    self._overfull.discard(slot)
 
     def _is_live(self, entry: QueueEntry) -> bool:
-        record = self._jobs.get(entry[1])
+        record = self._jobs.get(entry[4])
         return record is not None and record.entry is entry
 
     def _pop_head(self, group: Group) -> QueueEntry | None:
@@ -490,11 +548,11 @@ class IncrementalPlanner:
                 return entry
         return None
 
-    def _head(self, group: Group) -> Order:
+    def _head(self, group: Group) -> QueueEntry:
         queue = group.queue
         while not self._is_live(queue[0]):
             heappop(queue)
-        return queue[0][0]
+        return queue[0]
 
     def _home(self, group: Group, slot: Slot | None) -> None:
         """Make the group wait on `slot` (full now), or be looked at on the next pass (None)."""
@@ -547,44 +605,27 @@ class IncrementalPlanner:
         else:
             self._overfull.discard(slot)
 
-    # --- governance ---------------------------------------------------------------------------------
+    # --- policies -----------------------------------------------------------------------------------
 
-    def _signature(self, view: JobView) -> Signature:
-        """The slots the Job needs, remembered per combination of the labels its namespace's policies read."""
-        namespace = view.namespace
-        relevant = self._relevant.get(namespace)
-        if relevant is None:
-            return ()
-        labels = view.labels
-        values = tuple(labels.get(name) for name in relevant)
-        known = self._signatures[namespace]
-        signature = known.get(values)
-        if signature is None:
-            if len(known) > 2 * len(self._namespace_jobs.get(namespace, ())) + 1024:
-                known.clear()  # combinations no tracked Job has any more
-            governors = admission.governance(self._by_namespace[namespace], view)
-            signature = known[values] = tuple(sorted(gov.slot for gov in governors))
-        return signature
-
-    def _index_namespace(self, namespace: str, forget_signatures: bool = True) -> None:
-        policies = [p for ref, p in self._policies.items() if ref[0] == namespace]
+    def _index_namespace(self, namespace: str) -> None:
+        policies = sorted((p for ref, p in self._policies.items() if ref[0] == namespace), key=lambda p: p.name)
         if not policies:
             self._by_namespace.pop(namespace, None)
-            self._relevant.pop(namespace, None)
-            self._signatures.pop(namespace, None)
+            self._selector_labels.pop(namespace, None)
+            self._selections.pop(namespace, None)
             return
         self._by_namespace[namespace] = policies
-        labels = {name for p in policies for name in (*_selector_labels(p.spec.selector), *p.spec.keyLabels)}
-        self._relevant[namespace] = tuple(sorted(labels))
-        if forget_signatures or namespace not in self._signatures:
-            self._signatures[namespace] = {}
+        self._selector_labels[namespace] = tuple(
+            sorted({name for p in policies for name in _selector_labels(p.spec.selector)})
+        )
+        self._selections[namespace] = {}
 
     def _regovern(self, namespace: str, change: Callable[[], object]) -> None:
         """A policy of the namespace changed whom it governs: take its Jobs out, change it, put them back."""
-        uids = list(self._namespace_jobs.get(namespace, ()))
-        views = [self._jobs[uid].view for uid in uids]
-        for uid in uids:
-            self.remove_job(uid)
+        views = [record.view for record in self._jobs.values() if record.view.namespace == namespace]
+        for view in views:
+            self._remove(view.uid)
+        self._forget_emptied()
         change()
         self._index_namespace(namespace)
         self._load(views)
