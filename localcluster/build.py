@@ -5,10 +5,18 @@ committed: binaries live under ``$JOBGATE_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/jobgate``, i.e. ``~/.cache/jobgate``), in a folder named after
 the pinned versions, so a warm start rebuilds nothing and a version bump builds
 afresh beside the old binaries.
+
+The control plane (Kubernetes, etcd, kwok, helm) shares one folder, ``bin/<versions>``.
+Extra tools (Toxiproxy for the fault tests, Kueue for the benchmarks) each get
+their own, ``tools/<name>-<version>``: adding or bumping one never rebuilds the
+control plane. ``python -m localcluster.build`` builds the control plane and the
+default extras; ``--extra kueue`` adds Kueue, which takes minutes and only the
+benchmarks need.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -16,7 +24,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +32,8 @@ VERSIONS_FILE = Path(__file__).with_name("versions.toml")
 
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = (*KUBERNETES_COMMANDS, "etcd", "kwok", "helm")
+# The entries of versions.toml that name the control plane's folder; any other entry is an extra tool.
+CONTROL_PLANE = ("kubernetes", "etcd", "kwok", "helm")
 
 
 class BuildError(RuntimeError):
@@ -51,7 +61,7 @@ def cache_root() -> Path:
 
 def bin_dir(versions: dict[str, str] | None = None) -> Path:
     v = versions or pinned_versions()
-    key = "_".join(f"{name}-{v[name]}" for name in ("kubernetes", "etcd", "kwok", "helm"))
+    key = "_".join(f"{name}-{v[name]}" for name in CONTROL_PLANE)
     return cache_root() / "bin" / key
 
 
@@ -239,6 +249,33 @@ def build_helm(v: dict[str, str], output: Path) -> None:
     GoBuild(wrapper, ["helm.sh/helm/v3/cmd/helm"], "-s -w " + " ".join(flags), output).run("helm")
 
 
+def build_toxiproxy(v: dict[str, str], output: Path) -> None:
+    version = v["toxiproxy"]
+    wrapper = cache_root() / "src" / f"toxiproxy-{version}"
+    package = "github.com/Shopify/toxiproxy/v2/cmd/server"
+    _write_wrapper(
+        wrapper, "jobgate.dev/localcluster/toxiproxy", {"github.com/Shopify/toxiproxy/v2": version}, {}, [package]
+    )
+    _go(["mod", "tidy"], cwd=wrapper)
+    GoBuild(wrapper, [package], f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={version}", output).run("toxiproxy")
+    (output / "server").rename(output / "toxiproxy-server")
+
+
+def build_kueue(v: dict[str, str], output: Path) -> None:
+    version = v["kueue"]
+    wrapper = cache_root() / "src" / f"kueue-{version}"
+    package = "sigs.k8s.io/kueue/cmd/kueue"
+    _write_wrapper(wrapper, "jobgate.dev/localcluster/kueue", {"sigs.k8s.io/kueue": version}, {}, [package])
+    _progress("kueue", f"resolving modules for {version}")
+    _go(["mod", "tidy"], cwd=wrapper)
+    GoBuild(wrapper, [package], f"-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion={version}", output).run("kueue")
+    # Kueue's CRDs come with the binary: a cluster must have them before the manager starts.
+    source = Path(json.loads(_go(["list", "-m", "-json", "sigs.k8s.io/kueue"], cwd=wrapper))["Dir"])
+    crds = output / "crds"
+    shutil.copytree(source / "config" / "components" / "crd" / "bases", crds, copy_function=shutil.copyfile)
+    crds.chmod(0o755)  # the module cache is read-only, and copytree copies the folder's mode
+
+
 BUILDERS = {
     "kubernetes": (KUBERNETES_COMMANDS, build_kubernetes),
     "etcd": (("etcd",), build_etcd),
@@ -247,37 +284,92 @@ BUILDERS = {
 }
 
 
-def ensure_binaries() -> Path:
-    """Return the folder holding every binary, building what is missing."""
-    versions = pinned_versions()
-    target = bin_dir(versions)
-    if not missing_binaries(target):
-        return target
+@dataclass(frozen=True)
+class ExtraTool:
+    """A tool outside the control plane, built into its own folder when first asked for."""
+
+    outputs: tuple[str, ...]  # what the build leaves in its folder (binaries, or folders beside them)
+    build: Callable[[dict[str, str], Path], None]
+    by_default: bool  # built by `python -m localcluster.build` (and so by `make binaries`) without --extra
+
+
+EXTRA_TOOLS = {
+    "toxiproxy": ExtraTool(("toxiproxy-server",), build_toxiproxy, by_default=True),  # seconds to build
+    "kueue": ExtraTool(("kueue", "crds"), build_kueue, by_default=False),  # minutes: for the benchmarks only
+}
+
+
+def tool_dir(name: str, versions: dict[str, str] | None = None) -> Path:
+    v = versions or pinned_versions()
+    return cache_root() / "tools" / f"{name}-{v[name]}"
+
+
+def _require_go(target: Path) -> None:
     if shutil.which("go") is None:
         raise BuildError(
             f"the Go toolchain (go) is not on PATH and {target} lacks binaries: install Go >= 1.26, {HOW_ELSE}"
         )
+
+
+def _build_into(target: Path, name: str, outputs: Sequence[str], build: Callable[[dict[str, str], Path], None]) -> None:
+    """Build into a scratch folder, then move: an interrupted build leaves no half binary."""
     cache_root().mkdir(parents=True, exist_ok=True)
+    scratch = cache_root() / "tmp" / name
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    build(pinned_versions(), scratch)
+    target.mkdir(parents=True, exist_ok=True)
+    for output in outputs:
+        shutil.rmtree(target / output, ignore_errors=True)  # a folder output left by an interrupted move
+        os.replace(scratch / output, target / output)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def ensure_binaries() -> Path:
+    """Return the folder holding every control-plane binary, building what is missing."""
+    versions = pinned_versions()
+    target = bin_dir(versions)
+    if not missing_binaries(target):
+        return target
+    _require_go(target)
     started = time.monotonic()
     for name, (binaries, build) in BUILDERS.items():
-        if all((target / b).is_file() for b in binaries):
-            continue
-        # Build into a scratch folder, then move: an interrupted build leaves no half binary.
-        scratch = cache_root() / "tmp" / name
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        build(versions, scratch)
-        target.mkdir(parents=True, exist_ok=True)
-        for b in binaries:
-            os.replace(scratch / b, target / b)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not all((target / b).is_file() for b in binaries):
+            _build_into(target, name, binaries, build)
     _progress("all", f"binaries ready in {target} after {time.monotonic() - started:.0f}s")
     return target
 
 
-def main() -> int:
+def ensure_tool(name: str) -> Path:
+    """Return the folder holding the extra tool ``name`` (a key of EXTRA_TOOLS), building it if missing."""
+    tool = EXTRA_TOOLS[name]
+    target = tool_dir(name)
+    if all((target / output).exists() for output in tool.outputs):
+        return target
+    _require_go(target)
+    _build_into(target, name, tool.outputs, tool.build)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster.build",
+        description="Build the local control plane and the default extra tools into the versioned cache.",
+    )
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        choices=sorted(EXTRA_TOOLS),
+        help="also build this extra tool (repeatable); "
+        f"built by default: {', '.join(n for n, t in EXTRA_TOOLS.items() if t.by_default)}",
+    )
+    args = parser.parse_args(argv)
+    wanted = [n for n, tool in EXTRA_TOOLS.items() if tool.by_default or n in args.extra]
     try:
         print(ensure_binaries())
+        for name in wanted:
+            print(ensure_tool(name))
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

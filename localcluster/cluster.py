@@ -34,7 +34,14 @@ from kubernetes.client import ApiException
 from localcluster.access import ClusterAccess, client_certificate_credentials, cluster_entry, write_kubeconfig
 from localcluster.build import ensure_binaries
 from localcluster.certs import ADMIN_USER, CertifiedKey, ClusterPki
-from localcluster.processes import Component, free_port, process_is_running, stop_in_order, stop_process_groups
+from localcluster.processes import (
+    Component,
+    free_port,
+    kill_process_group,
+    process_is_running,
+    stop_in_order,
+    stop_process_groups,
+)
 
 STAGES_FILE = Path(__file__).with_name("kwok_stages.yaml")
 STATE_FILE = "state.json"
@@ -379,6 +386,40 @@ class LocalCluster:
             ],
             self._log("kwok"),
         )
+
+    # -- faults ----------------------------------------------------------
+
+    def component(self, name: str) -> Component:
+        """The running component called ``name`` (etcd, kube-apiserver, kube-controller-manager, ...)."""
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise KeyError(f"no component {name!r}; there are {[c.name for c in self.components]}")
+
+    def kill_component(self, name: str) -> None:
+        """SIGKILL one component; it stays down until `restart_component`. Its clients see their connections die."""
+        component = self.component(name)
+        kill_process_group(component.pid)
+        assert component.process is not None
+        component.process.wait(timeout=10)
+
+    def restart_component(self, name: str) -> None:
+        """Start a killed etcd or kube-apiserver again in place: same data folder, ports, certificates and log.
+
+        Returns once the API server answers /readyz again (after etcd too: it has
+        to reconnect); raises ClusterStartError if that does not happen in time.
+        """
+        ready = {"etcd": self._wait_for_etcd, "kube-apiserver": self._wait_for_apiserver}
+        if name not in ready:
+            raise ValueError(f"only {sorted(ready)} can be restarted in place")
+        component = self.component(name)
+        if component.exit_code() is None:
+            raise RuntimeError(f"{name} is still running: kill_component({name!r}) first")
+        component.start(self.detached)
+        self._write_state()
+        ready[name](component)
+        if name == "etcd":
+            self._wait_for_apiserver(self.component("kube-apiserver"))
 
     # -- waiting ---------------------------------------------------------
 

@@ -14,12 +14,16 @@ from typing import Any
 
 import kubernetes.client
 import kubernetes.watch
+import urllib3
 
 from jobgate.core.admission import governance
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy
 
 Slot = tuple[str, tuple[str, ...]]
+
+RETRY_SECONDS = 0.2  # after the API server or etcd went away: the fault tests kill and restart them
+READ_TIMEOUT_SECONDS = 30  # longer than a watch lasts (5 s), shorter than a hung connection would hang
 
 
 class JobWatch:
@@ -30,6 +34,7 @@ class JobWatch:
         self.policies: list[ConcurrencyPolicy] = []
         self.peak: Counter[Slot] = Counter()  # the most Jobs ever seen running at once, per policy and key
         self.admitted_over_limit: list[str] = []  # admissions by jobgate that took a key over its limit
+        self.interruptions = 0  # watches that ended in an error (the API server away) and were resumed
         # Running Jobs per policy and key, kept up to date event by event: recounting every Job on
         # every event would cost O(jobs) each time, too slow for the benchmarks' tens of thousands.
         self._running: Counter[Slot] = Counter()
@@ -73,6 +78,7 @@ class JobWatch:
                     allow_watch_bookmarks=True,
                     timeout_seconds=5,
                     deserialize=False,
+                    _request_timeout=(5, READ_TIMEOUT_SECONDS),
                 ):
                     body = event["object"]
                     version = body["metadata"].get("resourceVersion") or version
@@ -82,9 +88,16 @@ class JobWatch:
                         watch.stop()
                         break
             except kubernetes.client.ApiException as e:
-                if e.status != 410:
-                    raise
-                version = ""  # too old: start over from a fresh list
+                if e.status == 410:
+                    version = ""  # too old: start over from a fresh list
+                else:  # e.g. 500 or 504 while etcd is away: the same watch again, from where it was
+                    self._interrupted()
+            except (urllib3.exceptions.HTTPError, OSError):
+                self._interrupted()  # the API server went away; resume where we were once it is back
+
+    def _interrupted(self) -> None:
+        self.interruptions += 1
+        self._stop.wait(RETRY_SECONDS)
 
     def _apply(self, kind: str, body: dict[str, Any]) -> None:
         view = JobView.from_body(body)
@@ -111,6 +124,21 @@ class JobWatch:
             for listener in self.listeners:
                 listener(seen, before, None if kind == "DELETED" else view)
             self.changed.notify_all()
+
+    def queued_with_free_slot(self) -> list[str]:
+        """Jobs waiting although every key they need has a free slot, by this watch's own count.
+
+        A Job is here for a moment between a slot freeing and the next admission;
+        one still here when the work should be done is stuck.
+        """
+        with self.changed:
+            limits = {p.name: p.spec.maxConcurrent for p in self.policies}
+            stuck = []
+            for name, job in sorted(self.jobs.items()):
+                slots = self._slots(job) if job.queued else []
+                if slots and all(self._running[slot] < limits[slot[0]] for slot in slots):
+                    stuck.append(name)
+            return stuck
 
     def running_counts(self) -> Counter[Slot]:
         return +self._running  # a copy without the keys that dropped to zero

@@ -91,9 +91,34 @@ class OperatorProcess:
             text: str = r.read().decode()
             return text
 
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("jobgate was never started")
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def pause(self) -> None:
+        """Freeze every thread at once (SIGSTOP), as a long GC pause, a throttled CPU or a suspended VM would."""
+        self.process_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process go on (SIGCONT) from exactly where it stopped, with all it knew then."""
+        self.process_signal(signal.SIGCONT)
+
+    def process_signal(self, sig: int) -> None:
+        if not self.running():
+            raise RuntimeError(f"jobgate is not running; cannot send it signal {sig}:\n{self.log_tail()}")
+        assert self.process is not None
+        self.process.send_signal(sig)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        # A paused process would hold the signal until the timeout: let it handle it now.
+        self.process.send_signal(signal.SIGCONT)
         self.process.send_signal(sig)
         try:
             self.process.wait(timeout)
@@ -104,6 +129,12 @@ class OperatorProcess:
     def kill(self) -> None:
         """Die at once, as a crashed or OOM-killed pod would: no cleanup, no Lease release."""
         self.stop(signal.SIGKILL)
+
+    def restart(self, timeout: float = 30.0) -> OperatorProcess:
+        """Start again with the same arguments and log file, as a pod's container restarts after a crash."""
+        if self.running():
+            raise RuntimeError("jobgate is still running: stop or kill it before restarting it")
+        return self.start(timeout)
 
     def log_tail(self, lines: int = 60) -> str:
         with contextlib.suppress(OSError):

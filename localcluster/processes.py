@@ -134,6 +134,11 @@ def stop_process_groups(pids: Sequence[int], grace_seconds: float = STOP_GRACE_S
     _reap(pids)
 
 
+def kill_process_group(pid: int) -> None:
+    """SIGKILL a process group at once, as a crash or an OOM kill would (the caller reaps the leader)."""
+    _signal_group(pid, signal.SIGKILL)
+
+
 def stop_in_order(pids: Sequence[int], grace_seconds: float = STOP_GRACE_SECONDS) -> None:
     """Stop process groups one after another, e.g. clients before the apiserver before etcd.
 

@@ -20,9 +20,10 @@ from tests.support.clusters import (
     local_cluster,
     prebuilt_bin_dir,
 )
+from tests.support.faults import LOCAL_CONTROL_PLANE, report_recoveries
 
 # Fixtures of jobgate itself: the CRD (installed once per session) and `scenario` (the operator at work).
-pytest_plugins = ["tests.support.crd", "tests.support.scenario"]
+pytest_plugins = ["tests.support.crd", "tests.support.scenario", "tests.support.faults"]
 
 START_TIME = pytest.StashKey[float]()
 
@@ -46,8 +47,9 @@ def cluster_flavor(request: pytest.FixtureRequest) -> str:
 def cluster(request: pytest.FixtureRequest, cluster_flavor: str) -> Iterator[ClusterAccess]:
     """Admin access to the cluster under test, with ``kubectl``, ``api_client`` and identity helpers."""
     if cluster_flavor == "local":
-        with local_cluster() as (access, start_seconds):
+        with local_cluster() as (local, access, start_seconds):
             request.config.stash[START_TIME] = start_seconds
+            request.config.stash[LOCAL_CONTROL_PLANE] = local
             yield access
         return
     if cluster_flavor == "kind":
@@ -80,3 +82,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if START_TIME in config.stash:
         terminalreporter.write_line(f"local control plane started in {config.stash[START_TIME]:.1f}s")
+    report_recoveries(terminalreporter)

@@ -20,8 +20,8 @@ FLAVORS = ("local", "kind", "existing")
 
 
 @contextmanager
-def local_cluster() -> Iterator[tuple[ClusterAccess, float]]:
-    """Start the local control plane (building it first if needed); yield access and the start time."""
+def local_cluster() -> Iterator[tuple[LocalCluster, ClusterAccess, float]]:
+    """Start the local control plane (building it first if needed); yield it, access and the start time."""
     started = time.monotonic()
     cluster = _start_local_cluster()
     if isinstance(cluster, str):
@@ -29,7 +29,7 @@ def local_cluster() -> Iterator[tuple[ClusterAccess, float]]:
         pytest.fail(f"the local control plane is not available: {cluster}", pytrace=False)
     access = cluster.access()
     try:
-        yield access, time.monotonic() - started
+        yield cluster, access, time.monotonic() - started
     finally:
         access.close()
         cluster.stop()
