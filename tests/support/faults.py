@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from jobgate.jobs import JobView
+from jobgate.core.jobs import JobView
 from localcluster.cluster import LocalCluster
 from localcluster.faults import FaultProxy
 from localcluster.jobwatch import JobWatch
