@@ -18,8 +18,13 @@ namespace, which binds in every other namespace. Each customer key starts with
 4. for contrast, one full `admission.plan()` over the same Jobs: what every pass
    cost before.
 
+Costs per event are this thread's CPU time (the targets), and wall-clock time
+beside it: on a shared machine the latter also holds other processes' turns.
 Memory per Job is the RSS this process grew by, over the Jobs tracked, at the
 largest size: the views (what the cache keeps anyway) and the planner apart.
+After the second pass the process freezes what it holds out of the garbage
+collector's reach (`gc.freeze()`), as a long-lived process does once it loaded
+its state: else a full collection walks every tracked object, now and then.
 """
 
 from __future__ import annotations
@@ -292,22 +297,23 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
         by_size[str(queued)] = measure(queued, params, rnd)
         gc.collect()  # the next size starts from what this one freed
     largest = by_size[str(params.queued)]
-    p99 = largest["completion_ms"]["p99"]
+    cpu, wall = largest["completion_cpu_ms"], largest["completion_ms"]
     bytes_per_job = largest["bytes_per_job_views"] + largest["bytes_per_job_planner"]
     smallest = by_size[str(sizes[0])]
-    flatness = largest["completion_ms"]["p50"] / smallest["completion_ms"]["p50"]
+    flatness = cpu["p50"] / smallest["completion_cpu_ms"]["p50"]
     targets = [
         target(
-            f"decision per completion p99 at {largest['queued']:,} queued",
+            f"decision per completion p99 at {largest['queued']:,} queued (CPU time)",
             f"≤ {TARGET_P99_MS:g} ms",
-            f"{p99:.3f} ms (p50 {largest['completion_ms']['p50']:.3f}, max {largest['completion_ms']['max']:.1f})",
-            p99 <= TARGET_P99_MS,
+            f"{cpu['p99']:.3f} ms (p50 {cpu['p50']:.3f}, max {cpu['max']:.1f}; "
+            f"wall clock p99 {wall['p99']:.3f}, max {wall['max']:.1f})",
+            cpu["p99"] <= TARGET_P99_MS,
         ),
         target(
             "state built from the LIST's views",
             f"≤ {TARGET_BUILD_SECONDS:g} s",
             f"{largest['build_seconds']:.1f} s for {largest['queued'] + largest['running']:,} Jobs "
-            f"(first pass {largest['first_pass_seconds']:.1f} s)",
+            f"(then first pass {largest['first_pass_seconds']:.1f} s, second {largest['second_pass_seconds']:.1f} s)",
             largest["build_seconds"] <= TARGET_BUILD_SECONDS,
         ),
         target(
@@ -317,7 +323,7 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
             bytes_per_job <= TARGET_BYTES_PER_JOB,
         ),
         target(
-            f"completion p50 at {largest['queued']:,} over {smallest['queued']:,} queued",
+            f"completion p50 at {largest['queued']:,} over {smallest['queued']:,} queued (CPU time)",
             "flat (a ratio near 1)",
             f"{flatness:.2f}",
             None,
