@@ -15,6 +15,7 @@ TITLES = {
     "ceiling": "5. The ceiling of this machine: raw admission patches without an operator",
     "core": "6. Core: the cost of one decision, up to a million queued Jobs (no cluster)",
     "watches": "7. Watches: thousands of policies, a bounded number of watch connections",
+    "kueue": "8. Side by side with Kueue: the refill workload under each gate",
 }
 ORDER = tuple(TITLES)
 PLOT_SIZE = (7.0, 2.8)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import environment, report
-from bench.scenarios import Document, burst, ceiling, core, refill, scale, watches
+from bench.scenarios import Document, burst, ceiling, core, kueue, refill, scale, watches
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,6 +32,7 @@ SCENARIOS: dict[str, Scenario] = {
     "ceiling": ceiling,
     "core": core,  # no cluster: the decision core alone, up to a million queued Jobs
     "watches": watches,
+    "kueue": kueue,  # builds Kueue from its Go module on first use (minutes)
 }
 
 
