@@ -11,33 +11,39 @@ and is told what changed:
 
 `decided.admit`, `.resuspend` and `.release` are what `admission.plan(policies,
 jobs, assumed)` returns for the same Jobs, policies and assumed admissions
-(`release` and `resuspend` in admission order; tests/unit/test_incremental.py
-holds both to that after every event of random event sequences).
-`decided.running` only holds the keys the pass looked at: ask `running_count()`
-for any other.
+(`release` in admission order, where plan() lists it in the order it was given
+the Jobs); tests/unit/test_incremental.py holds both to that after every event
+of thousands of random histories. Two queued Jobs with the same namespace, name,
+priority and creation time (a Job deleted and made again while the old one is
+still known) are ordered by uid here, by the order they were given there.
+`decided.running` holds only the keys the pass looked at: ask `running_count()`
+for any other, and `key_counts()` for a policy's running and queued per key.
 
 How it stays cheap. Per (policy, key) — a *slot* — it keeps the running count
 (assumed admissions included) and the limit (`policy.limit_for(key)`). Queued
 Jobs are grouped by the exact set of slots they need (their *group*: one slot
 for a Job one policy governs, one per policy when several do); a group's Jobs
-are interchangeable but for their admission order, so it keeps them in a heap
-and only its head matters. A pass admits, in admission order, from the groups
-whose every slot has room, and each such group admits a prefix of its queue
-(counts only grow during a pass, so once a group's Job is blocked, so are the
-ones behind it).
+differ only in admission order, so it keeps them in a heap. A pass admits, in
+admission order, from the groups whose every slot has room, and each such group
+admits a prefix of its queue (counts only grow during a pass, so once a group's
+Job is blocked, so are the ones behind it).
 
 Which groups may have room is tracked the way SAT solvers watch clauses: a
-group that a full slot blocked *waits on* that slot, in a heap ordered by the
-group's head; a group whose state changed (a new Job, its head admitted) is
-*pending*. When a slot's count drops below its limit, its waiting groups become
-candidates again: a pass merges the pending groups and the waiting heaps of
-such *opened* slots, in admission order, and stops reading a slot's heap as
-soon as this pass filled it. A group found blocked by another full slot moves
-to that slot's heap. So a completion costs a few heap operations on the keys
-it touches, whatever the length of the queues; a keyless cap (one slot over a
-whole namespace) costs the groups it has to skip past, which are blocked by
-another full slot, and those move away and are not looked at again until that
-slot opens.
+blocked group *waits on* one full slot of its own, in that slot's heap, by
+head; a group that changed (a new Job, its head admitted) is *pending*. Once a
+slot's count drops below its limit, it is *opened*: a pass merges the pending
+groups and the heaps of opened slots, in admission order, and stops reading a
+slot's heap as soon as the pass filled that slot. A group it finds blocked moves
+to the heap of a full slot it needs (the one with fewest groups: a Job's own key
+rather than a namespace-wide cap), or of a slot this very pass filled, which
+counts as opened until it is full for real. So a completion costs a few heap
+operations on the keys it touches, whatever the length of the queues; a keyless
+cap that opens costs the groups it must skip, and those move to their own full
+key, not to be looked at again until it opens.
+
+The Job views are only read: what a Job is to the decision comes from its
+properties (`finished`, `suspended`, `queued`, `held`, `admitted_at`,
+`queued_at`, `order`) and the limit from `policy.limit_for(key)`, as in plan().
 
 What costs more: a policy whose selector, key labels or creation time changes
 (or that is added or removed) takes every tracked Job of its namespace out and
@@ -134,7 +140,7 @@ class _Tracked:
 
 
 def _queue_entry(view: JobView) -> QueueEntry:
-    return (-view.priority, view.created, view.namespace, view.name, view.uid)
+    return (*view.order, view.uid)
 
 
 def _is_late(view: JobView, policy: ConcurrencyPolicy) -> bool:
@@ -399,7 +405,7 @@ class IncrementalPlanner:
                     slot.late[view.uid] = view
                 self._refresh(slot)
             return record
-        record.entry = entry = (-view.priority, view.created, view.namespace, view.name, view.uid)
+        record.entry = entry = _queue_entry(view)
         group.size += 1
         if queue_in_bulk:  # the caller counts and heapifies
             group.queue.append(entry)
