@@ -55,10 +55,12 @@ crds: $(STAMP)
 	$(PY) -m jobgate._build.crd > crds/concurrencypolicies.jobgate.dev.yaml
 	$(PY) -m jobgate._build.crd --update-readme
 
-# Runs every scenario at its default size and rewrites bench/results/ (about 10 minutes here);
-# then the refill scenario once more at a tenth of the size, where the control plane is not saturated.
+# Runs every scenario at its default size and rewrites bench/results/ (about 10 minutes here, plus
+# Kueue side by side); then the refill scenario once more at a tenth of the size, where the control
+# plane is not saturated. Kueue is built from its Go module first (minutes, once).
 bench: binaries
 	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m localcluster.build --extra kueue
 	$(PY) -m bench
 	$(PY) -m bench refill --set refill.jobs=200 --set refill.keys=20 --out bench/results/light-load
 

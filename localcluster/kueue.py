@@ -8,7 +8,9 @@ is no kube-proxy, so it runs as a plain process with only its Job integration:
   127.0.0.1 (what the apiserver stores and we ask for is always the storage
   version, v1beta2, so no conversion is ever asked for);
 - its internal certificate management makes the webhook server's certificate
-  (it needs the `kueue-system` namespace for its Secret); no mutating or
+  into a Secret of the `kueue-system` namespace (made empty beforehand, as its
+  manifests do), which is copied to the folder it reads, as the kubelet would
+  mount it; no mutating or
   validating webhook configuration is installed: Jobs are created suspended
   and labelled with their queue already, as Kueue's webhook would have made them;
 - no leader election, metrics off, and the on-demand visibility API server off
@@ -17,6 +19,8 @@ is no kube-proxy, so it runs as a plain process with only its Job integration:
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from localcluster.processes import Component, free_port, stop_process_groups
 
 NAMESPACE = "kueue-system"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SECRET = "kueue-webhook-server-cert"
 API = "kueue.x-k8s.io/v1beta2"
 
 
@@ -79,6 +84,8 @@ class KueueManager:
             name = crd["metadata"]["name"]
             self.access.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
         self.access.kubectl("create", "namespace", NAMESPACE)
+        # The certificate rotator fills this Secret in; Kueue's manifests ship it empty.
+        self.access.kubectl("create", "secret", "generic", SECRET, "--namespace", NAMESPACE)
 
     def configuration(self) -> dict[str, Any]:
         shipped_concurrency = {
@@ -101,7 +108,7 @@ class KueueManager:
             "internalCertManagement": {
                 "enable": True,
                 "webhookServiceName": "kueue-webhook-service",
-                "webhookSecretName": "kueue-webhook-server-cert",
+                "webhookSecretName": SECRET,
             },
             "controller": {"groupKindConcurrency": shipped_concurrency},
             "clientConnection": {"qps": self.settings.qps, "burst": self.settings.burst},
@@ -121,13 +128,27 @@ class KueueManager:
         self.component = Component("kueue", argv, self.work_dir / f"kueue-{self.health_port}.log")
         self.component.start(detached=False)
         deadline = time.monotonic() + timeout
+        mounted = False
         while not self.ready():
+            mounted = mounted or self._mount_certificates()
             if self.component.exit_code() is not None:
                 raise RuntimeError(f"kueue exited with {self.component.exit_code()}:\n{self.component.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"kueue was not ready within {timeout:.0f}s:\n{self.component.log_tail()}")
             time.sleep(0.2)
         return self
+
+    def _mount_certificates(self) -> bool:
+        """What the kubelet does for Kueue's Pod: put the Secret its rotator filled in where it reads them."""
+        secret = json.loads(self.access.kubectl("get", "secret", SECRET, "--namespace", NAMESPACE, "-o", "json"))
+        data = secret.get("data") or {}
+        if not {"tls.crt", "tls.key"} <= data.keys():
+            return False
+        certs = self.work_dir / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        for name in ("tls.crt", "tls.key"):
+            (certs / name).write_bytes(base64.b64decode(data[name]))
+        return True
 
     def ready(self) -> bool:
         try:
