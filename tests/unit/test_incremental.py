@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jobgate.core import incremental
 from jobgate.core.admission import Plan, plan
 from jobgate.core.incremental import IncrementalPlanner
 from jobgate.core.jobs import JobView
@@ -195,6 +197,14 @@ EXAMPLES = 10_000
 @given(events(3, 12), events(4, 24))
 def test_incremental_decisions_equal_the_full_plan_after_every_event(setup: list[Event], events: list[Event]) -> None:
     run_history(setup, events)
+
+
+@settings(max_examples=EXAMPLES // 5, deadline=None)
+@given(events(3, 12), events(4, 24))
+def test_the_same_with_heaps_compacted_at_every_chance(setup: list[Event], events: list[Event]) -> None:
+    """Lazily deleted heap entries are swept once they outnumber the live ones (past a margin kept at 0 here)."""
+    with mock.patch.object(incremental, "COMPACT_ABOVE", 0):
+        run_history(setup, events)
 
 
 # --- examples: the cases a random history reaches rarely -------------------------------------------

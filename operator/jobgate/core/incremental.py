@@ -223,11 +223,16 @@ class IncrementalPlanner:
                 slot.limit = policy.limit_for(slot.id[1])
                 self._refresh(slot)
             return
-        self._regovern(policy.namespace, lambda: self._policies.__setitem__(ref, policy))
+        # Whom it governs may differ: its namespace's Jobs go out, and come back under the new policies.
+        views = self._take_out(policy.namespace)
+        self._policies[ref] = policy
+        self._put_back(policy.namespace, views)
 
     def remove_policy(self, ref: PolicyRef) -> None:
         if ref in self._policies:
-            self._regovern(ref[0], lambda: self._policies.__delitem__(ref))
+            views = self._take_out(ref[0])
+            del self._policies[ref]
+            self._put_back(ref[0], views)
 
     # --- deciding -----------------------------------------------------------------------------------
 
@@ -567,19 +572,19 @@ class IncrementalPlanner:
         group.entry = (self._head(group), next(self._tie), group)
         if slot is None:
             self._pending_count += 1
-            self._pending = self._push(self._pending, group.entry, self._pending_count)
+            self._push(self._pending, group.entry, self._pending_count)
         else:
             slot.homed += 1
-            slot.waiting = self._push(slot.waiting, group.entry, slot.homed)
+            self._push(slot.waiting, group.entry, slot.homed)
             self._refresh(slot)
 
     def _rekey(self, group: Group) -> None:
         """The group's head changed: its entry must sort by the new one."""
         group.entry = (self._head(group), next(self._tie), group)
         if group.home is None:
-            self._pending = self._push(self._pending, group.entry, self._pending_count)
+            self._push(self._pending, group.entry, self._pending_count)
         else:
-            group.home.waiting = self._push(group.home.waiting, group.entry, group.home.homed)
+            self._push(group.home.waiting, group.entry, group.home.homed)
 
     def _leave_home(self, group: Group) -> None:
         if group.entry is None:
@@ -593,12 +598,12 @@ class IncrementalPlanner:
             group.home = None
 
     @staticmethod
-    def _push(heap: list[GroupEntry], entry: GroupEntry, live: int) -> list[GroupEntry]:
+    def _push(heap: list[GroupEntry], entry: GroupEntry, live: int) -> None:
         heappush(heap, entry)
         if len(heap) > 2 * live + COMPACT_ABOVE:
-            heap = [e for e in heap if e[2].entry is e]
+            # In place: a pass may hold this very list, to put back what it took from it.
+            heap[:] = [e for e in heap if e[2].entry is e]
             heapify(heap)
-        return heap
 
     def _refresh(self, slot: Slot) -> None:
         """Keep the sets of opened and overfull slots true to the slot's counts."""
@@ -626,12 +631,14 @@ class IncrementalPlanner:
         )
         self._selections[namespace] = {}
 
-    def _regovern(self, namespace: str, change: Callable[[], object]) -> None:
-        """A policy of the namespace changed whom it governs: take its Jobs out, change it, put them back."""
+    def _take_out(self, namespace: str) -> list[JobView]:
+        """Untrack every Job of the namespace (its policies are about to change); return their views."""
         views = [record.view for record in self._jobs.values() if record.view.namespace == namespace]
         for view in views:
             self._remove(view.uid)
         self._forget_emptied()
-        change()
+        return views
+
+    def _put_back(self, namespace: str, views: list[JobView]) -> None:
         self._index_namespace(namespace)
         self._load(views)
