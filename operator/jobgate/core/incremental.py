@@ -53,6 +53,8 @@ million); a policy whose limit changes visits its own keys only.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -78,6 +80,8 @@ RELEASABLE: Final = 3  # queued by jobgate, governed by nothing any more
 
 # Which policies select a combination of label values is remembered for this many combinations per namespace.
 SELECTIONS_KEPT = 65536
+# A pass with more pending groups than this (the first after a LIST) holds the garbage collector.
+BULK_PASS = 10_000
 # Heaps keep entries of Jobs and groups that moved on (lazy deletion); past this much garbage, rebuild.
 COMPACT_ABOVE = 64
 
@@ -146,6 +150,29 @@ def _queue_entry(view: JobView) -> QueueEntry:
 def _is_late(view: JobView, policy: ConcurrencyPolicy) -> bool:
     """Unsuspended behind our back: plan()'s backstop may re-suspend it when its key is over the limit."""
     return view.admitted_at is None and view.created > policy.created and not view.suspended
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector while a million objects are made that are no garbage.
+
+    Each of its full collections walks every object already made: during a load
+    they come ever more often and ever longer, for nothing. (A process that keeps
+    this state for long does well to `gc.freeze()` once it is loaded.)
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _full_slot(group: Group) -> Slot | None:
+    """A full slot the group needs, to wait on (the one with fewest groups); None if every one has room."""
+    full = [slot for slot in group.slots if slot.full]
+    return min(full, key=lambda slot: slot.groups) if full else None
 
 
 def _blocker(group: Group, room: Callable[[Slot], bool]) -> Slot:
@@ -242,7 +269,15 @@ class IncrementalPlanner:
         `assumed`: admissions sent and not yet seen come back, as for `admission.plan()`.
         The pass reads only pending groups and the groups waiting on slots that have room.
         """
+        if self._pending_count > BULK_PASS:  # the first pass after a LIST: it reads (and moves) them all
+            with _collector_paused():
+                return self._plan(assumed)
+        return self._plan(assumed)
+
+    def _plan(self, assumed: Collection[str]) -> Plan:
         self._sync_assumed(assumed)
+        if not (self._pending_count or self._opened or self._overfull or self._releasable):
+            return Plan()  # most events: a Job arrived behind a full key, or a status changed
         result = Plan()
         extra: dict[Slot, int] = {}  # this pass's admissions per slot
         looked_at: set[Slot] = set()
@@ -353,7 +388,7 @@ class IncrementalPlanner:
         record = self._add(view, state, group, queue_in_bulk=False)
         if record.entry is not None and group is not None:
             if group.entry is None:
-                self._home(group, None)  # it was empty: look at it on the next pass
+                self._home(group, _full_slot(group))  # it was empty
             elif record.entry < group.entry[0]:
                 self._rekey(group)  # a new head
 
@@ -365,6 +400,10 @@ class IncrementalPlanner:
 
     def _load(self, views: Iterable[JobView]) -> None:
         """Track many Jobs at once: queues are heapified once at the end, not pushed into one by one."""
+        with _collector_paused():
+            self._load_all(views)
+
+    def _load_all(self, views: Iterable[JobView]) -> None:
         touched: dict[Group, int] = {}  # the groups that took queued Jobs, and their size before
         known_already = []
         jobs = self._jobs
@@ -381,9 +420,12 @@ class IncrementalPlanner:
             for slot in group.slots:
                 slot.queued += group.size - size_before
             heapify(group.queue)
-            if group.entry is None:
+            blocker = _full_slot(group)
+            if group.entry is None and blocker is None:
                 group.entry = (self._head(group), next(self._tie), group)
                 fresh.append(group.entry)
+            elif group.entry is None:
+                self._home(group, blocker)
             else:
                 self._rekey(group)
         if fresh:  # pending, all at once
@@ -566,7 +608,8 @@ class IncrementalPlanner:
         return queue[0]
 
     def _home(self, group: Group, slot: Slot | None) -> None:
-        """Make the group wait on `slot` (full now), or be looked at on the next pass (None)."""
+        """Make the group wait on `slot` (full now, or filled by the pass under way), or be looked at on
+        the next pass (None)."""
         self._leave_home(group)
         group.home = slot
         group.entry = (self._head(group), next(self._tie), group)
