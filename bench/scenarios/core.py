@@ -22,9 +22,11 @@ Costs per event are this thread's CPU time (the targets), and wall-clock time
 beside it: on a shared machine the latter also holds other processes' turns.
 Memory per Job is the RSS this process grew by, over the Jobs tracked, at the
 largest size: the views (what the cache keeps anyway) and the planner apart.
-After the second pass the process freezes what it holds out of the garbage
-collector's reach (`gc.freeze()`), as a long-lived process does once it loaded
-its state: else a full collection walks every tracked object, now and then.
+Once the views are made, once the planner is built and after the second pass,
+the process freezes what it holds out of the cyclic garbage collector's reach
+(`gc.freeze()`), as a long-lived process does once it has loaded its state: else
+each full collection walks every tracked object again (seconds at a million),
+for garbage they cannot hold.
 """
 
 from __future__ import annotations
@@ -209,17 +211,21 @@ def measure(queued: int, params: Params, rnd: random.Random) -> dict[str, Any]:
     before_views = rss_bytes()
     views = list(workload.listed())
     after_views = rss_bytes()
+    # What a long-lived process does once it loaded its state (here: the LIST's views, then the
+    # planner): the cyclic collector stops walking it, again and again, for garbage it cannot hold.
+    gc.freeze()
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     planner = IncrementalPlanner(policies, views)
-    build_seconds = time.perf_counter() - started
+    build_seconds, build_cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu
     after_build = rss_bytes()
+    gc.freeze()
     engine = Engine(planner, views)
     del views
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     first = planner.plan()
-    first_pass_seconds = time.perf_counter() - started
+    first_pass_seconds, first_pass_cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu
     engine.land(first.admit)
     # The pass after the first: the groups that the first one filled up find out they are full.
     started = time.perf_counter()
@@ -227,8 +233,6 @@ def measure(queued: int, params: Params, rnd: random.Random) -> dict[str, Any]:
     second_pass_seconds = time.perf_counter() - started
     engine.land(second.admit)
     queue_length = len(engine.jobs) - len(engine.running)
-    # What a long-lived process does after loading its state: the collector stops re-scanning it.
-    gc.collect()
     gc.freeze()
 
     completions: list[float] = []  # wall clock: what a watcher would see, other processes' turns included
@@ -266,7 +270,9 @@ def measure(queued: int, params: Params, rnd: random.Random) -> dict[str, Any]:
         "policies": len(policies),
         "keys": sum(len(planner.key_counts((p.namespace, p.name))) for p in policies),
         "build_seconds": round(build_seconds, 3),
+        "build_cpu_seconds": round(build_cpu_seconds, 3),
         "first_pass_seconds": round(first_pass_seconds, 3),
+        "first_pass_cpu_seconds": round(first_pass_cpu_seconds, 3),
         "first_pass_admissions": len(first.admit),
         "second_pass_seconds": round(second_pass_seconds, 3),
         "completion_ms": percentiles_ms(completions),
@@ -310,11 +316,12 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
             cpu["p99"] <= TARGET_P99_MS,
         ),
         target(
-            "state built from the LIST's views",
+            "state built from the LIST's views (CPU time)",
             f"≤ {TARGET_BUILD_SECONDS:g} s",
-            f"{largest['build_seconds']:.1f} s for {largest['queued'] + largest['running']:,} Jobs "
-            f"(then first pass {largest['first_pass_seconds']:.1f} s, second {largest['second_pass_seconds']:.1f} s)",
-            largest["build_seconds"] <= TARGET_BUILD_SECONDS,
+            f"{largest['build_cpu_seconds']:.1f} s for {largest['queued'] + largest['running']:,} Jobs "
+            f"(wall clock {largest['build_seconds']:.1f} s); then the first pass "
+            f"{largest['first_pass_cpu_seconds']:.1f} s, the second {largest['second_pass_seconds']:.1f} s",
+            largest["build_cpu_seconds"] <= TARGET_BUILD_SECONDS,
         ),
         target(
             "memory per tracked Job (views + planner)",
