@@ -228,6 +228,13 @@ def _plot_cost_per_event(document: Mapping[str, Any], out_dir: Path) -> str:
     axes.set_xlabel("queued Jobs")
     axes.set_ylabel("CPU per event (ms)")
     axes.set_title("core: decision cost per event against queue length", fontsize=10)
-    axes.legend(fontsize=7, loc="upper left")
+    axes.legend(fontsize=6, loc="upper left")
     axes.grid(alpha=0.3, which="both")
+    read = [(f["queued"], f["keys_read_per_completion"]["mean"]) for f in sizes.values() if "queued" in f]
+    if read:  # the work a completion's pass does, apart from what each step costs at that size
+        work = axes.twinx()
+        work.plot(*zip(*read, strict=True), "-.", marker="s", color="tab:purple", label="keys read per completion")
+        work.set_ylim(0, max(v for _, v in read) * 3)
+        work.set_ylabel("keys read (mean)", fontsize=8)
+        work.legend(fontsize=6, loc="lower right")
     return _save(figure, out_dir, "core-cost-per-event.png")

@@ -240,6 +240,7 @@ def measure(queued: int, params: Params, rnd: random.Random) -> dict[str, Any]:
     arrivals: list[float] = []
     arrivals_cpu: list[float] = []
     admitted_per_completion: list[int] = []
+    keys_read: list[int] = []  # the keys a pass looked at (Plan.running): its work, whatever the time
     for _ in range(params.events):
         # A random running Job completes: the engine sees it and decides.
         done = dataclasses.replace(engine.pick_running(rnd), finished=True)
@@ -249,6 +250,7 @@ def measure(queued: int, params: Params, rnd: random.Random) -> dict[str, Any]:
         completions.append(time.perf_counter() - started)
         completions_cpu.append(time.thread_time() - cpu)
         admitted_per_completion.append(len(decided.admit))
+        keys_read.append(len(decided.running))
         planner.remove_job(done.uid)  # the engine forgets finished Jobs
         del engine.jobs[done.uid]
         engine.land(decided.admit)
@@ -280,6 +282,11 @@ def measure(queued: int, params: Params, rnd: random.Random) -> dict[str, Any]:
         "arrival_ms": percentiles_ms(arrivals),
         "arrival_cpu_ms": percentiles_ms(arrivals_cpu),
         "admissions_per_completion": round(statistics.fmean(admitted_per_completion), 3),
+        "keys_read_per_completion": {
+            "mean": round(statistics.fmean(keys_read), 2),
+            "p99": sorted(keys_read)[len(keys_read) * 99 // 100],
+            "max": max(keys_read),
+        },
         "bytes_per_job_views": round((after_views - before_views) / tracked),
         "bytes_per_job_planner": round((after_build - after_views) / tracked),
     }
