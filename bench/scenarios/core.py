@@ -3,9 +3,11 @@
 The pure decision core alone, fed what the engine would feed it. Each
 namespace holds the same mix (`Tenant`): eight per-customer policies
 (`app=appN`, key `customer`, 2 at a time), a policy over four of those apps
-keyed by database (it overlaps them), and a keyless cap over the whole
-namespace, which binds in every other namespace. Each customer key starts with
-`JOBS_PER_KEY` Jobs, all queued. Per queue length:
+keyed by database (40 at a time: it overlaps them, and binds), and a keyless
+cap over the whole namespace, which binds in every other namespace. Each
+customer key starts with `JOBS_PER_KEY` Jobs, all queued. A full namespace has
+125 customers per app; smaller queues have fewer customers and databases in
+the same proportions, so that every size has the same shape. Per queue length:
 
 1. `build`: the planner made from the LIST's Job views (what the engine's cache
    holds after its first LIST; parsing the bodies is the scale scenario's);
@@ -50,7 +52,7 @@ from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorR
 
 APPS = 8  # per-customer policies per namespace
 OVERLAPPED_APPS = 4  # how many of them the per-database policy also governs
-DATABASES = 20
+CUSTOMERS_PER_DATABASE = 6.25  # a full namespace: 125 customers per app over 20 databases
 PER_CUSTOMER = 2
 PER_DATABASE = 40
 JOBS_PER_KEY = 12  # created per customer key; after the first pass about 10 stay queued
@@ -80,6 +82,11 @@ class Tenant:
     namespace: str
     customers: int  # per app
     capped: bool  # whether the namespace cap binds (it is below what the customers could run)
+
+    @property
+    def databases(self) -> int:
+        """As many as keep the per-database limit binding as often, whatever the namespace's size."""
+        return max(1, round(self.customers / CUSTOMERS_PER_DATABASE))
 
     def policies(self) -> list[ConcurrencyPolicy]:
         found = [
@@ -134,7 +141,7 @@ class Workload:
             labels={
                 "app": f"app{app}",
                 "customer": f"c{customer:05d}",
-                "db": f"db{self.rnd.randrange(DATABASES):02d}",
+                "db": f"db{self.rnd.randrange(tenant.databases):02d}",
             },
             resource_version=self.serial,
             created=1_700_000_000.0 + self.serial,
