@@ -4,13 +4,10 @@ Kueue ships as a Deployment with a Service in front of its webhooks; here there
 is no kube-proxy, so it runs as a plain process with only its Job integration:
 
 - its CRDs are installed from the folder the build copied from its module;
-  those served in two versions convert through a webhook, reached by URL on
-  127.0.0.1 (what the apiserver stores and we ask for is always the storage
-  version, v1beta2, so no conversion is ever asked for);
-- its internal certificate management makes the webhook server's certificate
-  into a Secret of the `kueue-system` namespace (made empty beforehand, as its
-  manifests do), which is copied to the folder it reads, as the kubelet would
-  mount it; no mutating or
+  those its certificate rotator looks after convert through its webhook,
+  reached by URL on 127.0.0.1;
+- its internal certificate management keeps the webhook server's certificate,
+  made here for both the Service's name and 127.0.0.1 (`_certify`); no mutating or
   validating webhook configuration is installed: Jobs are created suspended
   and labelled with their queue already, as Kueue's webhook would have made them;
 - no leader election, metrics off, and the on-demand visibility API server off
@@ -20,6 +17,8 @@ is no kube-proxy, so it runs as a plain process with only its Job integration:
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import json
 import time
 import urllib.request
@@ -28,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from localcluster.access import ClusterAccess
 from localcluster.processes import Component, free_port, stop_process_groups
@@ -35,6 +38,15 @@ from localcluster.processes import Component, free_port, stop_process_groups
 NAMESPACE = "kueue-system"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SECRET = "kueue-webhook-server-cert"
+SERVICE = "kueue-webhook-service"
+SERVICE_NAME = f"{SERVICE}.{NAMESPACE}.svc"
+CA_NAME = "kueue-ca"
+# The CRDs whose conversion webhook Kueue's certificate rotator gives its CA; the others convert by
+# renaming the version (strategy None), as no caller here asks for their older versions anyway.
+CONVERTED = tuple(
+    f"{plural}.kueue.x-k8s.io"
+    for plural in ("localqueues", "clusterqueues", "workloads", "cohorts", "multikueueclusters")
+)
 API = "kueue.x-k8s.io/v1beta2"
 
 
@@ -67,7 +79,7 @@ class KueueManager:
         documents = []
         for path in sorted((self.tool_dir / "crds").glob("*.yaml")):
             crd = yaml.safe_load(path.read_text())
-            if len(crd["spec"]["versions"]) > 1:
+            if crd["metadata"]["name"] in CONVERTED:
                 crd["spec"]["conversion"] = {
                     "strategy": "Webhook",
                     "webhook": {
@@ -84,8 +96,7 @@ class KueueManager:
             name = crd["metadata"]["name"]
             self.access.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
         self.access.kubectl("create", "namespace", NAMESPACE)
-        # The certificate rotator fills this Secret in; Kueue's manifests ship it empty.
-        self.access.kubectl("create", "secret", "generic", SECRET, "--namespace", NAMESPACE)
+        self._certify()
 
     def configuration(self) -> dict[str, Any]:
         shipped_concurrency = {
@@ -107,7 +118,7 @@ class KueueManager:
             "leaderElection": {"leaderElect": False},
             "internalCertManagement": {
                 "enable": True,
-                "webhookServiceName": "kueue-webhook-service",
+                "webhookServiceName": SERVICE,
                 "webhookSecretName": SECRET,
             },
             "controller": {"groupKindConcurrency": shipped_concurrency},
@@ -128,9 +139,7 @@ class KueueManager:
         self.component = Component("kueue", argv, self.work_dir / f"kueue-{self.health_port}.log")
         self.component.start(detached=False)
         deadline = time.monotonic() + timeout
-        mounted = False
         while not self.ready():
-            mounted = mounted or self._mount_certificates()
             if self.component.exit_code() is not None:
                 raise RuntimeError(f"kueue exited with {self.component.exit_code()}:\n{self.component.log_tail()}")
             if time.monotonic() > deadline:
@@ -138,17 +147,27 @@ class KueueManager:
             time.sleep(0.2)
         return self
 
-    def _mount_certificates(self) -> bool:
-        """What the kubelet does for Kueue's Pod: put the Secret its rotator filled in where it reads them."""
-        secret = json.loads(self.access.kubectl("get", "secret", SECRET, "--namespace", NAMESPACE, "-o", "json"))
-        data = secret.get("data") or {}
-        if not {"tls.crt", "tls.key"} <= data.keys():
-            return False
+    def _certify(self) -> None:
+        """Kueue's webhook certificate, made here rather than by its rotator.
+
+        The rotator would name only the Service (`kueue-webhook-service.kueue-system.svc`),
+        and the apiserver reaches the conversion webhook at 127.0.0.1: it would refuse the
+        certificate. This one names both; the rotator finds it valid and keeps it, and
+        puts the CA into the CRDs.
+        The files go where the kubelet would mount the Secret.
+        """
+        files = _rotator_certificates()
         certs = self.work_dir / "certs"
         certs.mkdir(parents=True, exist_ok=True)
         for name in ("tls.crt", "tls.key"):
-            (certs / name).write_bytes(base64.b64decode(data[name]))
-        return True
+            (certs / name).write_bytes(files[name])
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": SECRET, "namespace": NAMESPACE},
+            "data": {name: base64.b64encode(content).decode() for name, content in files.items()},
+        }
+        self.access.kubectl("apply", "-f", "-", input=json.dumps(secret))
 
     def ready(self) -> bool:
         try:
@@ -203,3 +222,54 @@ class KueueManager:
 
 def local_queue(key: str) -> str:
     return f"lq-{key}"
+
+
+def _rotator_certificates() -> dict[str, bytes]:
+    """A CA and a serving certificate in the Secret's layout, as Kueue's certificate rotator reads them.
+
+    The rotator (open-policy-agent/cert-controller) wants what it makes itself: RSA keys in
+    PKCS#1, a CA that is valid for the DNS name `kueue-ca`, and a serving certificate valid
+    for the Service's name; this one is valid for 127.0.0.1 too.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(subject: str, key: rsa.RSAPrivateKey, issuer: x509.Name, sans: list[x509.GeneralName]) -> Any:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        )
+
+    def pem(key: rsa.RSAPrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    ca = (
+        build(CA_NAME, ca_key, ca_name, [x509.DNSName(CA_NAME)])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )  # digital signature, certificate and CRL signing
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sans: list[x509.GeneralName] = [x509.DNSName(SERVICE_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    serving = (
+        build(SERVICE_NAME, key, ca_name, sans)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return {
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+        "ca.key": pem(ca_key),
+        "tls.crt": serving.public_bytes(serialization.Encoding.PEM),
+        "tls.key": pem(key),
+    }
