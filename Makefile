@@ -74,10 +74,12 @@ lock: $(STAMP)
 	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
 	$(PIP_COMPILE) --all-build-deps --only-build-deps --output-file requirements-build.lock pyproject.toml
 
-# Runs every scenario at its default size and rewrites bench/results/ (about 10 minutes here);
-# then the refill scenario once more at a tenth of the size, where the control plane is not saturated.
+# Runs every scenario at its default size and rewrites bench/results/ (about 10 minutes here, plus
+# Kueue side by side); then the refill scenario once more at a tenth of the size, where the control
+# plane is not saturated. Kueue is built from its Go module first (minutes, once).
 bench: binaries
 	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m localcluster.build --extra kueue
 	$(PY) -m bench
 	$(PY) -m bench refill --set refill.jobs=200 --set refill.keys=20 --out bench/results/light-load
 

@@ -13,6 +13,9 @@ TITLES = {
     "scale": "3. Scale: memory and start-up with many Jobs present",
     "api_cost": "4. API cost per admission (during the refill run)",
     "ceiling": "5. The ceiling of this machine: raw admission patches without an operator",
+    "core": "6. Core: the cost of one decision, up to a million queued Jobs (no cluster)",
+    "watches": "7. Watches: thousands of policies, a bounded number of watch connections",
+    "kueue": "8. Side by side with Kueue: the refill workload under each gate",
 }
 ORDER = tuple(TITLES)
 PLOT_SIZE = (7.0, 2.8)
@@ -133,6 +136,8 @@ def plot(documents: Mapping[str, Mapping[str, Any]], out_dir: Path) -> dict[str,
             images.setdefault(name, []).append(_plot_latencies(name, document, out_dir))
         if name == "scale":
             images.setdefault(name, []).append(_plot_memory(document, out_dir))
+        if name == "core":
+            images.setdefault(name, []).append(_plot_cost_per_event(document, out_dir))
     return images
 
 
@@ -194,3 +199,42 @@ def _plot_memory(document: Mapping[str, Any], out_dir: Path) -> str:
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3, axis="y")
     return _save(figure, out_dir, "scale-memory.png")
+
+
+def _plot_cost_per_event(document: Mapping[str, Any], out_dir: Path) -> str:
+    """Cost of one decision against the queue's length: flat is the point."""
+    import matplotlib.pyplot as plt
+
+    sizes = document["results"]["by_queue_length"]
+    queued = [figures["queued"] for figures in sizes.values()]
+    figure, axes = plt.subplots(figsize=PLOT_SIZE)
+    for series, label, color in (
+        ("completion_cpu_ms", "completion → decision", "tab:blue"),
+        ("arrival_cpu_ms", "arrival → decision", "tab:green"),
+    ):
+        for stat, style in (("p50", "--"), ("p99", "-")):
+            values = [figures[series][stat] for figures in sizes.values()]
+            axes.plot(queued, values, style, marker="o", color=color, label=f"{label} {stat}")
+    full = [
+        (figures["queued"], figures["full_plan_seconds"] * 1000)
+        for figures in sizes.values()
+        if "full_plan_seconds" in figures
+    ]
+    if full:
+        axes.plot(*zip(*full, strict=True), ":", marker="x", color="tab:gray", label="one full plan() (before)")
+    axes.axhline(1.0, color="tab:red", linestyle=":", label="target p99 1 ms")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("queued Jobs")
+    axes.set_ylabel("CPU per event (ms)")
+    axes.set_title("core: decision cost per event against queue length", fontsize=10)
+    axes.legend(fontsize=6, loc="upper left")
+    axes.grid(alpha=0.3, which="both")
+    read = [(f["queued"], f["keys_read_per_completion"]["mean"]) for f in sizes.values() if "queued" in f]
+    if read:  # the work a completion's pass does, apart from what each step costs at that size
+        work = axes.twinx()
+        work.plot(*zip(*read, strict=True), "-.", marker="s", color="tab:purple", label="keys read per completion")
+        work.set_ylim(0, max(v for _, v in read) * 3)
+        work.set_ylabel("keys read (mean)", fontsize=8)
+        work.legend(fontsize=6, loc="lower right")
+    return _save(figure, out_dir, "core-cost-per-event.png")

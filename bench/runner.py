@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import environment, report
-from bench.scenarios import Document, burst, ceiling, refill, scale
+from bench.scenarios import Document, burst, ceiling, core, kueue, refill, scale, watches
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,6 +30,9 @@ SCENARIOS: dict[str, Scenario] = {
     "burst": burst,
     "scale": scale,
     "ceiling": ceiling,
+    "core": core,  # no cluster: the decision core alone, up to a million queued Jobs
+    "watches": watches,
+    "kueue": kueue,  # builds Kueue from its Go module on first use (minutes)
 }
 
 

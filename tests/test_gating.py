@@ -206,7 +206,8 @@ def test_a_running_job_relabeled_into_another_policy_holds_a_slot_there(scenario
 
 
 def test_many_policies_each_with_its_own_watch_still_admit(scenario: Scenario) -> None:
-    """One watch per distinct selector, each holding a connection: 120 of them must not starve the writes."""
+    """120 distinct selectors: once one watch each (and a connection each, which must not starve the
+    writes), now past the bound one watch of the namespace, filtered by their union."""
     for i in range(120):
         scenario.policy(f"tenant-{i:03d}", {"tenant": f"t{i:03d}"}, [], 1)
     scenario.start_operator()

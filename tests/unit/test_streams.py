@@ -69,3 +69,53 @@ def test_a_stream_covers_the_jobs_its_selector_sends() -> None:
     assert not exports.covers(job("b", {"app": "export"}))
     assert queued.covers(job("b", {QUEUED_LABEL: "true"}))
     assert not queued.covers(job("b", {"app": "export"}))
+
+
+# --- bounded: the number of streams does not grow with the number of policies -----------------------
+
+
+def test_past_a_few_selectors_a_namespace_gets_one_stream_filtered_by_their_union() -> None:
+    policies = [
+        policy(f"customer-{i}", "a", {"matchLabels": {"app": "export", "customer": f"c{i}"}}) for i in range(20)
+    ]
+    policies.append(policy("other-namespace", "b", EXPORTS))
+    streams = wanted(policies, scopes=[None], job_selector="team=data")
+    values = ",".join(sorted(f"c{i}" for i in range(20)))
+    assert {(s.namespace, s.selector) for s in streams} == {
+        (None, f"{QUEUED_LABEL},team=data"),
+        ("a", f"app in (export),customer in ({values}),team=data"),
+        ("b", "app=export,team=data"),
+    }
+
+
+def test_the_union_sends_every_job_a_policy_selects_and_the_engine_drops_the_rest() -> None:
+    selectors: list[dict[str, Any]] = [
+        {"matchLabels": {"app": "export", "tier": "batch"}},
+        {"matchLabels": {"app": "report"}, "matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+        {"matchExpressions": [{"key": "app", "operator": "In", "values": ["export", "sync"]}]},
+        *({"matchLabels": {"app": "export", "customer": f"c{i}"}} for i in range(10)),
+    ]
+    policies = [policy(f"p{i}", "a", s) for i, s in enumerate(selectors)]
+    [stream] = [s for s in wanted(policies, scopes=["a"], job_selector=None) if s.policy_selector is not None]
+    assert stream.selector == "app in (export,report,sync)"
+    for labels in ({"app": "export", "tier": "batch"}, {"app": "report", "tier": "x"}, {"app": "sync"}):
+        assert stream.covers(job("a", labels))
+    assert not stream.covers(job("a", {"app": "other"}))
+
+
+def test_selectors_that_share_nothing_stream_the_whole_namespace() -> None:
+    policies = [policy(f"p{i}", "a", {"matchLabels": {f"label-{i}": "x"}}) for i in range(10)]
+    [stream] = [s for s in wanted(policies, scopes=["a"], job_selector=None) if s.policy_selector is not None]
+    assert stream.selector == ""
+
+
+def test_five_thousand_policies_over_many_namespaces_hold_one_stream_per_scope() -> None:
+    policies = [
+        policy(f"customer-{i}", f"tenant-{i % 500}", {"matchLabels": {"app": "export", "customer": f"c{i}"}})
+        for i in range(5000)
+    ]
+    streams = wanted(policies, scopes=[None], job_selector=None)
+    # 500 namespaces with 10 selectors each would be 500 streams: past the bound, one for all namespaces.
+    assert {(s.namespace, s.selector) for s in streams} == {(None, QUEUED_LABEL), (None, "app in (export),customer")}
+    few = wanted(policies[:40], scopes=[None], job_selector=None)
+    assert len(few) == 41  # below every bound: one stream per selector, as before
