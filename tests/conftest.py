@@ -16,9 +16,9 @@ import pytest
 pytest.register_assert_rewrite("tests.support")
 
 from localcluster.access import ClusterAccess  # noqa: E402
+from localcluster.image import docker_engine_answers  # noqa: E402
 from tests.support.clusters import (  # noqa: E402
     FLAVORS,
-    docker_reachable,
     existing_kubeconfig,
     local_cluster,
     prebuilt_bin_dir,
@@ -56,7 +56,7 @@ def cluster(request: pytest.FixtureRequest, cluster_flavor: str) -> Iterator[Clu
             yield access
         return
     if cluster_flavor == "kind":
-        if not docker_reachable():
+        if not docker_engine_answers():
             pytest.skip("no Docker engine: kind cannot run here; use --cluster=local")
         kubeconfig = Path(request.getfixturevalue("kind_cluster").kubeconfig_path)
     else:

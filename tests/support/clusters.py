@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,15 +41,6 @@ def _start_local_cluster() -> LocalCluster | str:
     except (BuildError, ClusterStartError) as e:
         return str(e)
     return cluster
-
-
-def docker_reachable() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
 
 
 def prebuilt_bin_dir() -> Path | None:

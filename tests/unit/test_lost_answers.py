@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from jobgate.core.patches import JsonPatch
-from jobgate.engine.engine import EngineSettings
+from jobgate.engine.engine import Engine, EngineSettings
 from jobgate.kube.api import ApiError, NotLeading
 from localcluster.manifests import job_manifest
 from tests.support.engines import body, leading_engine, term_of, until
@@ -59,6 +59,15 @@ class LossyApi:
         pass
 
 
+def queued_in_one_slot(api: LossyApi, clock: Clock, *names: str) -> Engine:
+    """A leading engine whose policy has one slot, with `names` queued for it, oldest first."""
+    engine = leading_engine(api, EngineSettings(landing_seconds=LANDING), monotonic=clock)
+    for rv, name in enumerate(names, start=10):
+        engine.observe_job(None, api.add(name, rv))
+    term_of(engine).jobs.primed = True
+    return engine
+
+
 async def settle() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
@@ -77,10 +86,7 @@ def test_an_admission_whose_answer_is_lost_keeps_its_slot(lost: Exception) -> No
     async def scenario() -> None:
         clock = Clock()
         api = LossyApi(failure=lost)  # the patch lands, the answer does not come back
-        engine = leading_engine(api, EngineSettings(landing_seconds=LANDING), monotonic=clock)
-        for rv, name in enumerate(("first", "second"), start=10):
-            engine.observe_job(None, api.add(name, rv))
-        term_of(engine).jobs.primed = True
+        engine = queued_in_one_slot(api, clock, "first", "second")
 
         assert admitted_names(api, engine) == ["first"]
         await settle()
@@ -98,10 +104,7 @@ def test_a_read_after_the_patch_must_have_landed_frees_the_slot_when_it_did_not_
     async def scenario() -> int:
         clock = Clock()
         api = LossyApi(failure=TimeoutError(), apply_patch=False)  # lost before it reached the server
-        engine = leading_engine(api, EngineSettings(landing_seconds=LANDING), monotonic=clock)
-        for rv, name in enumerate(("first", "second"), start=10):
-            engine.observe_job(None, api.add(name, rv))
-        term_of(engine).jobs.primed = True
+        engine = queued_in_one_slot(api, clock, "first", "second")
         assert admitted_names(api, engine) == ["first"]
         await settle()
         assert admitted_names(api, engine) == []
@@ -120,10 +123,7 @@ def test_a_read_that_shows_the_admission_landed_counts_the_job_as_running() -> N
     async def scenario() -> None:
         clock = Clock()
         api = LossyApi(failure=TimeoutError())
-        engine = leading_engine(api, EngineSettings(landing_seconds=LANDING), monotonic=clock)
-        for rv, name in enumerate(("first", "second"), start=10):
-            engine.observe_job(None, api.add(name, rv))
-        term_of(engine).jobs.primed = True
+        engine = queued_in_one_slot(api, clock, "first", "second")
         assert admitted_names(api, engine) == ["first"]
         await settle()
         clock.now += LANDING
@@ -141,9 +141,7 @@ def test_a_read_that_shows_the_admission_landed_counts_the_job_as_running() -> N
 def test_a_definite_refusal_frees_the_slot_at_once(refusal: Exception) -> None:
     async def scenario() -> None:
         api = LossyApi(failure=refusal, apply_patch=False)
-        engine = leading_engine(api, EngineSettings(landing_seconds=LANDING))
-        engine.observe_job(None, api.add("first", 10))
-        term_of(engine).jobs.primed = True
+        engine = queued_in_one_slot(api, Clock(), "first")
         assert admitted_names(api, engine) == ["first"]
         await settle()
         assert not term_of(engine).expected
@@ -157,9 +155,7 @@ def test_an_admission_found_to_have_landed_is_counted_once() -> None:
     async def scenario() -> float:
         clock = Clock()
         api = LossyApi(failure=TimeoutError())
-        engine = leading_engine(api, EngineSettings(landing_seconds=LANDING), monotonic=clock)
-        engine.observe_job(None, api.add("first", 10))
-        term_of(engine).jobs.primed = True
+        engine = queued_in_one_slot(api, clock, "first")
         assert admitted_names(api, engine) == ["first"]
         await settle()
         engine.observe_job("MODIFIED", api.jobs["first"])  # the watch shows the patch landed
