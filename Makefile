@@ -6,15 +6,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PY_SOURCES := operator localcluster tests $(wildcard bench)
 
-.PHONY: help venv binaries cluster cluster-down test unit lint crds demo bench clean
+.PHONY: help venv binaries cluster cluster-down test unit lint crds lock demo bench image clean
 
 help:
 	@echo "make demo         run jobgate on a local control plane and watch it gate Jobs"
 	@echo "make test         run lint, unit and integration tests (builds the control plane on first use)"
 	@echo "make cluster      start the local control plane in the background (.cluster/kubeconfig)"
 	@echo "make cluster-down stop it"
-	@echo "make crds         regenerate crds/ from the pydantic models"
+	@echo "make crds         regenerate the CRD (crds/ and the chart's files/crds/) from the pydantic models"
 	@echo "make bench        run the benchmarks and write bench/results/"
+	@echo "make unit         the unit tests alone: no cluster, no built binary"
+	@echo "make lint         ruff, mypy and hadolint"
+	@echo "make binaries     build the control plane's binaries into ~/.cache/jobgate (once)"
+	@echo "make venv         the virtualenv in .venv with jobgate and its test tools"
+	@echo "make clean        remove .venv, .cluster and the tools' caches"
+	@echo "make image        build the operator image (Docker, else buildah) and write build/image/*.tar"
+	@echo "make lock         re-pin the image's Python packages (requirements*.lock) from pyproject.toml"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +59,20 @@ demo: binaries
 	$(PY) -m localcluster.demo
 
 crds: $(STAMP)
-	$(PY) -m jobgate._build.crd > crds/concurrencypolicies.jobgate.dev.yaml
+	$(PY) -m jobgate._build.crd > charts/jobgate/files/crds/concurrencypolicies.jobgate.dev.yaml
+	mkdir -p crds && cp charts/jobgate/files/crds/concurrencypolicies.jobgate.dev.yaml crds/
 	$(PY) -m jobgate._build.crd --update-readme
+
+# The image installs only these pins, hash-checked. Existing pins are kept unless the project's
+# requirements exclude them; `make lock LOCK_ARGS=--upgrade` moves everything to the newest release.
+LOCK_ARGS ?=
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes \
+	--allow-unsafe --strip-extras --annotation-style=line --no-emit-find-links $(LOCK_ARGS)
+
+lock: $(STAMP)
+	$(PY) -m pip install -q 'pip-tools>=7.4'
+	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --all-build-deps --only-build-deps --output-file requirements-build.lock pyproject.toml
 
 # Runs every scenario at its default size and rewrites bench/results/ (about 10 minutes here, plus
 # Kueue side by side); then the refill scenario once more at a tenth of the size, where the control
@@ -64,5 +83,10 @@ bench: binaries
 	$(PY) -m bench
 	$(PY) -m bench refill --set refill.jobs=200 --set refill.keys=20 --out bench/results/light-load
 
+# Docker where its engine answers, else buildah (storage in ~/.cache/jobgate/containers) on a Debian
+# base made by debootstrap; an unchanged image is reused. Writes an OCI archive and a docker-archive.
+image: $(STAMP)
+	$(PY) -m localcluster.image
+
 clean:
-	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache build/image

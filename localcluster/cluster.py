@@ -60,6 +60,7 @@ POD_CIDR = "10.244.0.0/16"  # kwok's default overlaps the service range: keep po
 
 CONTROLLERS = (
     "job-controller",
+    "cronjob-controller",  # CronJobs create their Jobs, which jobgate gates like any other
     "garbage-collector-controller",  # deletes a Job's pods with it
     "ttl-after-finished-controller",
     "namespace-controller",  # without it deleted namespaces stay Terminating
@@ -404,21 +405,21 @@ class LocalCluster:
         component.process.wait(timeout=10)
 
     def restart_component(self, name: str) -> None:
-        """Start a killed etcd or kube-apiserver again in place: same data folder, ports, certificates and log.
+        """Start a killed component again in place: same arguments, data folder, ports, certificates and log.
 
-        Returns once the API server answers /readyz again (after etcd too: it has
-        to reconnect); raises ClusterStartError if that does not happen in time.
+        After etcd or kube-apiserver, returns once the API server answers /readyz
+        again (it has to reconnect to a restarted etcd); raises ClusterStartError
+        if that does not happen in time. The controller manager, the scheduler and
+        kwok serve no health endpoint here: they are started, not awaited.
         """
-        ready = {"etcd": self._wait_for_etcd, "kube-apiserver": self._wait_for_apiserver}
-        if name not in ready:
-            raise ValueError(f"only {sorted(ready)} can be restarted in place")
         component = self.component(name)
         if component.exit_code() is None:
             raise RuntimeError(f"{name} is still running: kill_component({name!r}) first")
         component.start(self.detached)
         self._write_state()
-        ready[name](component)
         if name == "etcd":
+            self._wait_for_etcd(component)
+        if name in ("etcd", "kube-apiserver"):
             self._wait_for_apiserver(self.component("kube-apiserver"))
 
     # -- waiting ---------------------------------------------------------

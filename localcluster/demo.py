@@ -18,6 +18,8 @@ from pathlib import Path
 import kubernetes.client
 import yaml
 
+from jobgate.cli.render import render
+from jobgate.cli.report import status_report
 from jobgate.core.policy import ConcurrencyPolicy
 from localcluster.build import BuildError, ensure_binaries
 from localcluster.cluster import ClusterStartError, LocalCluster
@@ -30,7 +32,7 @@ JOBS_FILE = EXAMPLES / "invoice-exports.yaml"
 NAMESPACE = "jobgate-demo"
 TIMEOUT = 180.0
 
-BOLD, DIM, GREEN, YELLOW, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[33m", "\033[0m"
+BOLD, RESET = "\033[1m", "\033[0m"
 
 
 class Screen:
@@ -67,35 +69,33 @@ def job_durations() -> dict[str, float]:
 
 
 def frame(screen: Screen, watch: JobWatch, policy: ConcurrencyPolicy, started: float) -> tuple[str, str]:
-    """The screen, and the counts alone (what a change is)."""
+    """The screen, and the counts alone (what a change is): `kubectl jobgate status --watch`'s own view."""
     label = policy.spec.keyLabels[0]
     limit = policy.spec.maxConcurrent
-    per_key: dict[str, Counter[str]] = {}
-    for job in watch.jobs.values():
-        state = "done" if job.finished else "running" if job.running else "queued"
-        per_key.setdefault(job.labels.get(label, ""), Counter())[state] += 1
+    jobs = list(watch.jobs.values())
+    report = status_report(policy.namespace, [policy], jobs, time.time())
+    view = render(report, "table", colour=screen.tty, width=100)
+    per_key = Counter(job.labels.get(label, "") for job in jobs if job.finished)
+    done = ", ".join(f"{key} {count}" for key, count in sorted(per_key.items())) or "none yet"
     lines = [
         screen.color(BOLD, f"jobgate demo — policy {policy.name}: at most {limit} running per {label}"),
         "",
         f"Every Job carries a {label} label. jobgate keeps the Jobs of each {label} suspended",
         f"(queued) while {limit} of them run{'s' if limit == 1 else ''}, and unsuspends the next one the moment",
-        f"a slot frees. Different {label} values never wait for each other.",
+        f"a slot frees. Different {label} values never wait for each other. Below: `kubectl jobgate status -w`.",
         "",
-        f"  {label:<12} {'running':<12} {'queued':<22} done",
+        view.rstrip(),
+        "",
+        f"t={time.monotonic() - started:5.1f}s  finished per {label}: {done}",
     ]
-    for key in sorted(per_key):
-        counts = per_key[key]
-        running = screen.color(GREEN, "█" * counts["running"]) + f" {counts['running']}/{limit}"
-        queued = screen.color(YELLOW, "░" * counts["queued"]) + f" {counts['queued']}"
-        pad_running = 12 + (len(running) - len(running.replace(GREEN, "").replace(RESET, "")))
-        pad_queued = 22 + (len(queued) - len(queued.replace(YELLOW, "").replace(RESET, "")))
-        lines.append(f"  {key:<12} {running:<{pad_running}} {queued:<{pad_queued}} {counts['done']}")
-    totals = Counter[str]()
-    for counts in per_key.values():
-        totals.update(counts)
-    overall = f"running {totals['running']}  queued {totals['queued']}  done {totals['done']}/{len(watch.jobs)}"
-    lines += ["", f"t={time.monotonic() - started:5.1f}s  {overall}"]
-    return "\n".join(lines), repr(sorted(per_key.items()))
+    counts = repr(
+        [
+            (key.key, key.running, key.queued)
+            for policy_summary in report.policies
+            for key in policy_summary.busiest_keys
+        ]
+    )
+    return "\n".join(lines), counts + repr(sorted(per_key.items()))
 
 
 def summary(watch: JobWatch, policy: ConcurrencyPolicy, makespan: float) -> tuple[str, bool]:

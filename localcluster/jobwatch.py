@@ -26,6 +26,12 @@ RETRY_SECONDS = 0.2  # after the API server or etcd went away: the fault tests k
 READ_TIMEOUT_SECONDS = 30  # longer than a watch lasts (5 s), shorter than a hung connection would hang
 
 
+def limit_of(policy: ConcurrencyPolicy, key: tuple[str, ...]) -> int:
+    """The key's limit, read from the spec here rather than through the operator's own lookup."""
+    named = dict(zip(policy.spec.keyLabels, key, strict=True))
+    return next((e.maxConcurrent for e in policy.spec.limits if e.key == named), policy.spec.maxConcurrent)
+
+
 class JobWatch:
     def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str) -> None:
         self.batch = kubernetes.client.BatchV1Api(api_client)
@@ -87,6 +93,13 @@ class JobWatch:
                     if self._stop.is_set():
                         watch.stop()
                         break
+            except KeyError as e:
+                if e.args != ("raw_object",):
+                    raise
+                # kubernetes 37.0.2's watch.py reads an ERROR event's 'raw_object', which only its
+                # deserialize=True path sets: the event is almost always 410 Gone (an API server just
+                # restarted keeps no older versions). Whatever it was, a fresh list is the truth.
+                version = ""
             except kubernetes.client.ApiException as e:
                 if e.status == 410:
                     version = ""  # too old: start over from a fresh list
@@ -117,10 +130,13 @@ class JobWatch:
                         self.peak[slot] = max(self.peak[slot], self._running[slot])
             newly_running = view.running and (before is None or not before.running) and kind != "DELETED"
             if newly_running and view.admitted_at is not None:
-                limits = {p.name: p.spec.maxConcurrent for p in self.policies}
                 for gov in governance(self.policies, view):
-                    if self._running[(gov.policy.name, gov.key)] > limits[gov.policy.name]:
-                        self.admitted_over_limit.append(f"{view.name} took {gov.policy.name}{gov.key} over")
+                    slot = (gov.policy.name, gov.key)
+                    if self._running[slot] > limit_of(gov.policy, gov.key):
+                        running = sorted(n for n, j in self.jobs.items() if j.running and slot in self._slots(j))
+                        self.admitted_over_limit.append(
+                            f"{view.name} took {gov.policy.name}{gov.key} over (running: {', '.join(running)})"
+                        )
             for listener in self.listeners:
                 listener(seen, before, None if kind == "DELETED" else view)
             self.changed.notify_all()
@@ -132,11 +148,11 @@ class JobWatch:
         one still here when the work should be done is stuck.
         """
         with self.changed:
-            limits = {p.name: p.spec.maxConcurrent for p in self.policies}
+            policies = {p.name: p for p in self.policies}
             stuck = []
             for name, job in sorted(self.jobs.items()):
                 slots = self._slots(job) if job.queued else []
-                if slots and all(self._running[slot] < limits[slot[0]] for slot in slots):
+                if slots and all(self._running[(p, key)] < limit_of(policies[p], key) for p, key in slots):
                     stuck.append(name)
             return stuck
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jobgate.core.jobs import QUEUED_LABEL
+
 COMPLETE_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"
 FAIL = "localcluster.jobgate.dev/fail"
 
@@ -33,8 +35,16 @@ def job_manifest(
     runs_for: str = "1s",
     fail: bool = False,
     annotations: Mapping[str, str] | None = None,
+    queued_mark: bool | None = None,
 ) -> dict[str, Any]:
-    """A Job whose pod kwok runs for `runs_for`, then completes (or fails)."""
+    """A Job whose pod kwok runs for `runs_for`, then completes (or fails).
+
+    A suspended Job carries jobgate's queued mark (the label), as a user who creates
+    Jobs without the webhook writes them, unless `queued_mark` is False: then it is
+    a Job its owner suspended, which jobgate leaves alone.
+    """
+    if queued_mark if queued_mark is not None else suspend:
+        labels = {**labels, QUEUED_LABEL: "true"}
     pod_annotations = {COMPLETE_DELAY: runs_for}
     if fail:
         pod_annotations[FAIL] = "true"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CRD_FILE = REPO / "crds" / "concurrencypolicies.jobgate.dev.yaml"
+CRD_FILE = REPO / "charts" / "jobgate" / "files" / "crds" / "concurrencypolicies.jobgate.dev.yaml"
 PORT_TAKEN = "address already in use"
 PORT_CHECK_SECONDS = 0.5
 

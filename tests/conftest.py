@@ -12,15 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.access import ClusterAccess
-from tests.support.clusters import (
+# Before the imports below: the support modules' asserts report their values too.
+pytest.register_assert_rewrite("tests.support")
+
+from localcluster.access import ClusterAccess  # noqa: E402
+from tests.support.clusters import (  # noqa: E402
     FLAVORS,
     docker_reachable,
     existing_kubeconfig,
     local_cluster,
     prebuilt_bin_dir,
 )
-from tests.support.faults import LOCAL_CONTROL_PLANE, report_recoveries
+from tests.support.faults import LOCAL_CONTROL_PLANE, report_recoveries  # noqa: E402
 
 # Fixtures of jobgate itself: the CRD (installed once per session) and `scenario` (the operator at work).
 pytest_plugins = ["tests.support.crd", "tests.support.scenario", "tests.support.faults"]

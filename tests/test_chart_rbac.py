@@ -35,13 +35,16 @@ def release_namespace(cluster: ClusterAccess) -> Iterator[str]:
 
 
 @pytest.fixture
-def chart_identity(cluster: ClusterAccess, namespace: str, release_namespace: str) -> Iterator[Path]:
+def chart_identity(cluster: ClusterAccess, namespace: str, release_namespace: str, crd: None) -> Iterator[Path]:
     """A kubeconfig of the chart's ServiceAccount, installed to govern `namespace`."""
     values = {
         "watchNamespaces": [namespace],
-        # Its Service cannot route here: a webhook with failurePolicy Fail would refuse every Job.
-        "webhook": {"enabled": False},
+        # Its Service cannot route here: the webhook may intercept nothing (a label no namespace has),
+        # but exists, so that the operator keeps its matchConditions with the chart's permissions.
+        "webhook": {"failurePolicy": "Ignore", "namespaceSelector": {"matchLabels": {"jobgate.dev/never": "x"}}},
         "image": {"pullPolicy": "Never"},
+        "crds": {"install": False},  # the session's, applied with kubectl
+        "rbac": {"aggregateToDefaultRoles": False},
     }
     chart.install(cluster, release_namespace, values)
     try:
@@ -53,8 +56,14 @@ def chart_identity(cluster: ClusterAccess, namespace: str, release_namespace: st
 def test_the_operator_gates_jobs_as_the_charts_service_account(
     chart_identity: Path, scenario: Scenario, release_namespace: str
 ) -> None:
+    configuration = f"{release_namespace}-{SERVICE_ACCOUNT}"  # the chart's webhook configuration
     operator = scenario.start_operator(
-        "--lease-name", LEASE, kubeconfig=chart_identity, lease_namespace=release_namespace
+        "--lease-name",
+        LEASE,
+        "--webhook-configuration",
+        configuration,
+        kubeconfig=chart_identity,
+        lease_namespace=release_namespace,
     )
     scenario.policy("exports", {"app": "export"}, ["customer"], 1)
     scenario.wait_leader_synced("exports")
@@ -72,6 +81,10 @@ def test_the_operator_gates_jobs_as_the_charts_service_account(
     assert status["observedGeneration"] == 1
     assert "exports" in scenario.wait_event("export-a-1", "Queued")
     assert "exports" in scenario.wait_event("export-a-1", "Admitted")
+    # It keeps the webhook's matchConditions with the chart's permissions too.
+    registrations = kubernetes.client.AdmissionregistrationV1Api(scenario.api)
+    hook = registrations.read_mutating_webhook_configuration(configuration).webhooks[0]
+    assert f"'{scenario.namespace}'" in hook.match_conditions[0].expression
     log = operator.log_path.read_text()
     complaints = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
     assert complaints == [] and "forbidden" not in log.lower(), operator.log_tail()
@@ -94,11 +107,14 @@ def test_the_charts_service_account_is_denied_everything_else(
     apps = kubernetes.client.AppsV1Api(client)
     custom = kubernetes.client.CustomObjectsApi(client)
     leases = kubernetes.client.CoordinationV1Api(client)
+    admission = kubernetes.client.AdmissionregistrationV1Api(client)
     lease = {"metadata": {"name": "someone-elses"}, "spec": {"holderIdentity": "me"}}
     try:
         # The token works: what the operator needs is allowed.
         assert status_of(lambda: batch.list_namespaced_job(namespace)) == 200
         assert status_of(lambda: leases.read_namespaced_lease(LEASE, release_namespace)) == 404  # allowed, absent
+        # Queued Jobs of a full queue (overflow: ReplaceOldest); the operator sends uid and version preconditions.
+        assert status_of(lambda: batch.delete_namespaced_job("any", namespace)) == 404  # allowed, absent
         calls: dict[str, Callable[[], Any]] = {
             "list Secrets in its own namespace": lambda: core.list_namespaced_secret(release_namespace),
             "read a Secret in its own namespace": lambda: core.read_namespaced_secret("any", release_namespace),
@@ -114,7 +130,7 @@ def test_the_charts_service_account_is_denied_everything_else(
             "list Jobs in its own namespace": lambda: batch.list_namespaced_job(release_namespace),
             "list Jobs in another namespace": lambda: batch.list_namespaced_job("default"),
             "create a Job": lambda: batch.create_namespaced_job(namespace, job_manifest("j", {})),
-            "delete a Job": lambda: batch.delete_namespaced_job("any", namespace),
+            "delete a Job where it does not govern": lambda: batch.delete_namespaced_job("any", release_namespace),
             "change a policy's spec": lambda: custom.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, "any", {"spec": {"maxConcurrent": 9}}
             ),
@@ -128,6 +144,10 @@ def test_the_charts_service_account_is_denied_everything_else(
                 namespace, {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
             ),
             "list namespaces": core.list_namespace,
+            "patch another webhook configuration": lambda: admission.patch_mutating_webhook_configuration(
+                "someone-elses", {"metadata": {"labels": {"a": "b"}}}
+            ),
+            "list webhook configurations": admission.list_mutating_webhook_configuration,
         }
         statuses = {what: status_of(call) for what, call in calls.items()}
     finally:

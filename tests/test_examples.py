@@ -29,7 +29,10 @@ def apply_policy(scenario: Scenario, name: str) -> ConcurrencyPolicy:
 
 def test_every_example_is_tested() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
+        "cronjob-two-runs-at-once.yaml",  # these three: tests/test_policy_shapes.py
+        "exports-with-a-bigger-customer.yaml",
         "invoice-exports.yaml",
+        "one-deploy-per-environment.yaml",
         "one-export-per-customer.yaml",
         "three-backups-per-database.yaml",
     ]

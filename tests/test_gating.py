@@ -161,8 +161,8 @@ def test_deleting_the_policy_releases_the_jobs_it_queued(scenario: Scenario) -> 
     queued_at = {"jobgate.dev/queued-at": "2026-01-01T00:00:00.000000Z"}
     scenario.job("ours-1", {"app": "g"}, annotations=queued_at)
     scenario.job("ours-2", {"app": "g"}, annotations=queued_at)
-    scenario.job("theirs", {"app": "g"})  # suspended by its owner: not ours to release
-    scenario.wait_status("gone", lambda s: s.get("queued") == 3, "status showing 3 queued")
+    scenario.job("theirs", {"app": "g"}, queued_mark=False)  # suspended by its owner: not ours to release
+    scenario.wait_status("gone", lambda s: s.get("queued") == 2, "status showing 2 queued (not the owner's)")
     scenario.custom.delete_namespaced_custom_object(GROUP, VERSION, scenario.namespace, PLURAL, "gone")
     scenario.watch.wait_for(lambda w: w.finished("ours-1", "ours-2"), "released Jobs finishing")
     assert "Released" in [r for r, _ in scenario.events("ours-1")]
@@ -175,7 +175,7 @@ def test_jobs_queued_under_a_policy_deleted_while_no_operator_ran_are_released(s
     queued_at = {"jobgate.dev/queued-at": "2026-01-01T00:00:00.000000Z"}
     for name in ("ours-1", "ours-2"):
         scenario.job(name, {"app": "g", "jobgate.dev/queued": "true"}, annotations=queued_at)
-    scenario.job("theirs", {"app": "g"})  # suspended by its owner: not ours to release
+    scenario.job("theirs", {"app": "g"}, queued_mark=False)  # suspended by its owner: not ours to release
     scenario.custom.delete_namespaced_custom_object(GROUP, VERSION, scenario.namespace, PLURAL, "gone")
     scenario.start_operator()
     scenario.watch.wait_for(lambda w: w.finished("ours-1", "ours-2"), "released Jobs finishing")

@@ -32,13 +32,13 @@ def is_leader(operator: OperatorProcess) -> bool:
 
 
 def admissions(operator: OperatorProcess, scenario: Scenario, policy: str) -> float:
-    return value(samples(operator), "jobgate_admissions_total", namespace=scenario.namespace, policy=policy)
+    return value(samples(operator), "jobgate_admissions_total", policy_namespace=scenario.namespace, policy=policy)
 
 
 def test_two_replicas_gate_together_and_the_survivor_of_a_kill_takes_over_after_the_lease(
     scenario: Scenario,
 ) -> None:
-    lease_seconds = 3.0
+    lease_seconds = 6.0
     first = scenario.start_operator(lease_seconds=lease_seconds)
     scenario.wait_lease_holder(identity(first))
     second = scenario.start_operator(lease_seconds=lease_seconds)

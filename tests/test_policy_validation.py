@@ -17,6 +17,7 @@ def manifest(spec: dict[str, object]) -> str:
 
 
 SELECTOR = {"matchLabels": {"app": "export"}}
+KEYED = {"selector": SELECTOR, "keyLabels": ["customer"], "maxConcurrent": 1}
 
 INVALID = {
     "negative maxConcurrent": (
@@ -55,6 +56,48 @@ INVALID = {
         'spec.keyLabels[1]: Duplicate value: "customer"',
     ),
     "unknown field": ({"selector": SELECTOR, "maxConcurent": 1}, 'unknown field "spec.maxConcurent"'),
+    # Per-key limits and bounded queues (issue 12).
+    "per-key limit on another label": (
+        {**KEYED, "limits": [{"key": {"region": "eu"}, "maxConcurrent": 2}]},
+        "spec.limits: Invalid value: every key in limits must name exactly the labels of keyLabels, each with a value",
+    ),
+    "per-key limit lacking a key label": (
+        {**KEYED, "keyLabels": ["customer", "region"], "limits": [{"key": {"customer": "a"}, "maxConcurrent": 2}]},
+        "every key in limits must name exactly the labels of keyLabels",
+    ),
+    "per-key limit without keyLabels": (
+        {"selector": SELECTOR, "maxConcurrent": 1, "limits": [{"key": {"customer": "a"}, "maxConcurrent": 2}]},
+        "every key in limits must name exactly the labels of keyLabels",
+    ),
+    "the same key twice": (
+        {**KEYED, "limits": [{"key": {"customer": "a"}, "maxConcurrent": n} for n in (2, 3)]},
+        "spec.limits: Invalid value: each key may appear only once in limits",
+    ),
+    "negative per-key limit": (
+        {**KEYED, "limits": [{"key": {"customer": "a"}, "maxConcurrent": -1}]},
+        "spec.limits[0].maxConcurrent: Invalid value: -1: spec.limits[0].maxConcurrent in body should be "
+        "greater than or equal to 0",
+    ),
+    "per-key limit without maxConcurrent": (
+        {**KEYED, "limits": [{"key": {"customer": "a"}}]},
+        "spec.limits[0].maxConcurrent: Required value",
+    ),
+    "invalid key value": (
+        {**KEYED, "limits": [{"key": {"customer": "a b"}, "maxConcurrent": 2}]},
+        'spec.limits[0].key.customer: Invalid value: "a b": spec.limits[0].key.customer in body should match',
+    ),
+    "negative maxQueued": (
+        {**KEYED, "maxQueued": -1},
+        "spec.maxQueued: Invalid value: -1: spec.maxQueued in body should be greater than or equal to 0",
+    ),
+    "unknown overflow": (
+        {**KEYED, "maxQueued": 1, "overflow": "DropNewest"},
+        'spec.overflow: Unsupported value: "DropNewest": supported values: "Reject", "ReplaceOldest"',
+    ),
+    "overflow without maxQueued": (
+        {**KEYED, "overflow": "ReplaceOldest"},
+        "spec.overflow: Required value: overflow applies to a bounded queue: set maxQueued too",
+    ),
 }
 
 
@@ -66,7 +109,7 @@ def test_an_invalid_policy_is_refused_with_the_field_named(
     with pytest.raises(ToolError) as refused:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
     assert message in str(refused.value)
-    assert "bad" not in cluster.kubectl("get", "cpol", "-n", namespace, "-o", "name")
+    assert "bad" not in cluster.kubectl("get", "conpol", "-n", namespace, "-o", "name")
 
 
 def test_a_valid_policy_is_accepted_and_shown_with_its_columns(
@@ -74,8 +117,26 @@ def test_a_valid_policy_is_accepted_and_shown_with_its_columns(
 ) -> None:
     spec = {"selector": SELECTOR, "keyLabels": ["customer-id", "example.com/tier"], "maxConcurrent": 1}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
-    header = cluster.kubectl("get", "cpol", "-n", namespace).splitlines()[0].split()
+    header = cluster.kubectl("get", "conpol", "-n", namespace).splitlines()[0].split()
     assert header == ["NAME", "KEY", "LABELS", "MAX", "RUNNING", "QUEUED", "AGE"]
-    explained = cluster.kubectl("explain", "cpol.spec")
-    for field in ("selector", "keyLabels", "maxConcurrent"):
+    explained = cluster.kubectl("explain", "conpol.spec")
+    for field in ("selector", "keyLabels", "maxConcurrent", "limits", "maxQueued", "overflow"):
         assert field in explained
+
+
+def test_policy_shapes_are_accepted_and_shown_wide(cluster: ClusterAccess, namespace: str, crd: None) -> None:
+    spec = {
+        "selector": SELECTOR,
+        "keyLabels": ["customer", "region"],
+        "maxConcurrent": 1,
+        "limits": [
+            {"key": {"customer": "acme", "region": "eu"}, "maxConcurrent": 5},
+            {"key": {"customer": "acme", "region": ""}, "maxConcurrent": 0},  # Jobs without a region label
+        ],
+        "maxQueued": 10,
+        "overflow": "ReplaceOldest",
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
+    header, row = cluster.kubectl("get", "conpol", "-n", namespace, "-o", "wide").splitlines()
+    assert header.split()[-4:] == ["AGE", "MAX", "QUEUED", "OVERFLOW"]
+    assert row.split()[-2:] == ["10", "ReplaceOldest"]

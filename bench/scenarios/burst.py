@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench import timeline
 from bench.environment import process_memory_kib
-from bench.harness import Bench, operator_pid, wait_until
+from bench.harness import Bench, operator_pid, operator_request_counts, wait_until
 from bench.scenarios import Document, target
 from localcluster.manifests import job_manifest
 
@@ -56,6 +56,8 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
                 for i in range(params.jobs)
             ]
             cpu_before = bench.cpu_seconds()
+            operator_before = operator_request_counts(operator.metrics())
+            apiserver_before = bench.apiserver_requests()
             t0 = time.monotonic()
             create_seconds = bench.create_jobs(namespace, manifests, params.create_concurrency)
             wait_until(
@@ -71,6 +73,13 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
             # Then a while longer, to see refills begin; the rest would only time the control plane.
             time.sleep(params.tail_seconds)
             memory = process_memory_kib(operator_pid(operator))
+            # Under load, each admission must still be one PATCH: jobgate's counter counts refused ones too.
+            job_patches = (
+                operator_request_counts(operator.metrics())[("patch", "jobs")] - operator_before[("patch", "jobs")]
+            )
+            apiserver_patches = (
+                bench.apiserver_requests()[("PATCH", "jobs", "")] - apiserver_before[("PATCH", "jobs", "")]
+            )
             with watch.changed:
                 changes = list(record.changes)
                 first_running = dict(record.first_running)
@@ -98,6 +107,8 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
         "peak_running_per_key": peak,
         "admissions_over_limit": over_limit,
         "cpu_share_until_every_key_runs": cpu_share,  # CPU-seconds per second, by process
+        "job_writes_per_admission": round(job_patches / max(len(admitted), 1), 3),
+        "apiserver_job_patches_per_admission": round(apiserver_patches / max(len(admitted), 1), 3),
         "operator_rss_kib_at_end": memory["rss_kib"],
         "operator_peak_rss_kib": memory["peak_rss_kib"],
     }
@@ -121,6 +132,13 @@ def run(params: Params, log_dir: Path) -> dict[str, Document]:
             "(what bounds the rate)",
             ", ".join(f"{name} {share * 100:.0f} %" for name, share in cpu_share.items()),
             None,
+        ),
+        target(
+            "Job writes per admission, under load",
+            "exactly 1",
+            f"{results['job_writes_per_admission']:.3f} (jobgate) / "
+            f"{results['apiserver_job_patches_per_admission']:.3f} (apiserver PATCH jobs)",
+            job_patches == len(admitted),
         ),
         target(
             "never over the limit",

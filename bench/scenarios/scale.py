@@ -152,8 +152,12 @@ def scorecard(params: Params, phases: dict[str, dict[str, Any]], peak: int, over
 
 
 def _create(bench: Bench, namespace: str, kind: str, count: int, params: Params) -> float:
+    # Ungoverned Jobs are suspended by their owner, without jobgate's queued mark: not jobgate's to touch.
+    mark = kind != "ungoverned"
     manifests = [
-        job_manifest(f"{kind}-{i:05d}", {LABEL: kind, KEY: f"k{i % params.keys:04d}"}, runs_for=RUNS_FOR)
+        job_manifest(
+            f"{kind}-{i:05d}", {LABEL: kind, KEY: f"k{i % params.keys:04d}"}, runs_for=RUNS_FOR, queued_mark=mark
+        )
         for i in range(count)
     ]
     return bench.create_jobs(namespace, manifests, params.create_concurrency)

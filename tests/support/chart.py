@@ -43,7 +43,11 @@ def render(
 
 
 def install(cluster: ClusterAccess, namespace: str, values: Mapping[str, Any]) -> None:
-    cluster.helm("install", RELEASE, str(CHART), "--namespace", namespace, "-f", "-", input=yaml.safe_dump(values))
+    install_chart(cluster, CHART, namespace, values)
+
+
+def install_chart(cluster: ClusterAccess, chart: Path, namespace: str, values: Mapping[str, Any]) -> None:
+    cluster.helm("install", RELEASE, str(chart), "--namespace", namespace, "-f", "-", input=yaml.safe_dump(values))
 
 
 def uninstall(cluster: ClusterAccess, namespace: str) -> None:

@@ -63,11 +63,21 @@ class Recoveries:
         self.watch = watch
         self.admissions: list[float] = []
         self.faults: list[Fault] = []
+        self.over_limit: list[tuple[float, str, list[str]]] = []  # when the watch saw each, and who ran
+        self._states: dict[str, list[tuple[float, str]]] = {}  # each Job's states as the watch saw them, by name
         watch.listeners.append(self._seen)
 
     def _seen(self, at: float, before: JobView | None, after: JobView | None) -> None:
         if before is not None and after is not None and after.running and not before.running and after.admitted_at:
             self.admissions.append(at)
+        if after is not None:
+            state = _state(after)
+            states = self._states.setdefault(after.name, [])
+            if not states or states[-1][1] != state:
+                states.append((at, state))
+        for over in self.watch.admitted_over_limit[len(self.over_limit) :]:
+            running = over.split("(running: ", 1)[-1].rstrip(")").split(", ")
+            self.over_limit.append((at, over, running))
 
     def begin(self, what: str, in_flight_seconds: float = 0.0) -> Fault:
         fault = Fault(what, time.monotonic(), in_flight_seconds)
@@ -107,7 +117,20 @@ class Recoveries:
             found.append(
                 f"{fault.what}: next admission {fault.next_admission - fault.started:.2f}s after it began ({lasted})"
             )
+        for at, over, running in self.over_limit:
+            found.append(f"OVER THE LIMIT: {over}, {self._when(at)}")
+            for name in running:  # how each got to run, as the watch saw it
+                seen = ", ".join(f"{state} {self._when(t)}" for t, state in self._states.get(name, []))
+                found.append(f"    {name}: {seen}")
         return found
+
+    def _when(self, at: float) -> str:
+        fault = next((f for f in reversed(self.faults) if f.started <= at), None)
+        if fault is None:
+            return "before any fault"
+        if fault.ended is None or at < fault.ended:
+            return f"{at - fault.started:.3f}s into {fault.what}"
+        return f"{at - fault.ended:.3f}s after the end of {fault.what}"
 
 
 @pytest.fixture
@@ -121,16 +144,27 @@ def recoveries(scenario: Scenario, request: pytest.FixtureRequest) -> Iterator[R
 
 def report_recoveries(terminalreporter: pytest.TerminalReporter) -> None:
     """The fault → next admission times of every fault test (also under xdist: reports carry them)."""
-    lines = []
+    by_test: dict[str, list[str]] = {}
     for reports in terminalreporter.stats.values():
         for report in reports:
-            if getattr(report, "when", None) != "teardown":
-                continue
-            lines += [f"{report.nodeid}: {v}" for k, v in getattr(report, "user_properties", ()) if k == RECOVERY]
-    if lines:
+            if getattr(report, "when", None) == "teardown":
+                found = [v for k, v in getattr(report, "user_properties", ()) if k == RECOVERY]
+                if found:
+                    by_test[report.nodeid] = found
+    if by_test:
         terminalreporter.section("fault recovery (fault → next admission seen by the Job watch)")
-        for line in sorted(lines):
-            terminalreporter.write_line(line)
+        for nodeid, lines in by_test.items():
+            terminalreporter.write_line(nodeid)
+            for line in lines:
+                terminalreporter.write_line(f"    {line}")
+
+
+def _state(job: JobView) -> str:
+    if job.finished:
+        return "finished"
+    if job.running:
+        return "running (admitted)" if job.admitted_at else "running (never admitted)"
+    return "held" if job.held else "queued"
 
 
 # -- replicas -------------------------------------------------------------------------------------------
@@ -177,10 +211,14 @@ class Burst:
             mine = [n for n in self.names if n.startswith(f"{self.policy}-{key}-")]
             waiting = sum(1 for n in mine if n not in jobs or jobs[n].queued)
             for _ in range(waiting_per_key - waiting):
-                name = f"{self.policy}-{key}-{self._next}"
-                self._next += 1
-                self.scenario.job(name, {"app": self.policy, "customer": key, **QUEUED_MARK}, runs_for=self.runs_for)
-                self.names.append(name)
+                self.add(key)
+
+    def add(self, key: str) -> None:
+        """One more Job for ``key`` (which need not be one of the burst's keys)."""
+        name = f"{self.policy}-{key}-{self._next}"
+        self._next += 1
+        self.scenario.job(name, {"app": self.policy, "customer": key, **QUEUED_MARK}, runs_for=self.runs_for)
+        self.names.append(name)
 
     def finished(self) -> int:
         return sum(1 for n in self.names if self.scenario.watch.finished(n))

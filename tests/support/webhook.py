@@ -1,9 +1,11 @@
-"""A throwaway mutating admission webhook served over HTTPS on 127.0.0.1, in a thread."""
+"""Webhooks in tests: a throwaway mutating webhook served over HTTPS on 127.0.0.1, and certificate files
+laid out as the kubelet mounts a Secret."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import tempfile
 import threading
@@ -84,3 +86,36 @@ def _tls_context(certificate: CertifiedKey) -> ssl.SSLContext:
         certificate.write(cert, key)
         context.load_cert_chain(cert, key)
     return context
+
+
+class MountedSecret:
+    """tls.crt and tls.key as the kubelet lays out a mounted Secret, and renews them.
+
+    Each file is a link through `..data`, a link to the current version's folder;
+    a renewal writes a new folder and swaps `..data` in one atomic rename, so a
+    reader sees either the old pair or the new one.
+    """
+
+    def __init__(self, root: Path, pair: CertifiedKey) -> None:
+        self.root = root
+        self.versions = 0
+        root.mkdir(parents=True, exist_ok=True)
+        self.write(pair)
+        for name in ("tls.crt", "tls.key"):
+            (root / name).symlink_to(f"..data/{name}")
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "tls.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "tls.key"
+
+    def write(self, pair: CertifiedKey) -> None:
+        self.versions += 1
+        folder = self.root / f"..version-{self.versions}"
+        folder.mkdir()
+        pair.write(folder / "tls.crt", folder / "tls.key")
+        (self.root / "..data-new").symlink_to(folder.name)
+        os.replace(self.root / "..data-new", self.root / "..data")

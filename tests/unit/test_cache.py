@@ -5,32 +5,23 @@ from __future__ import annotations
 import dataclasses
 
 from jobgate.core.jobs import JobView
-from jobgate.engine.cache import ClusterCache
+from jobgate.engine.cache import JobCache, PolicyCache
+from tests.support import views
 
 
 def view(uid: str, rv: int, *, suspended: bool = True, namespace: str = "ns") -> JobView:
-    return JobView(
-        uid=uid,
-        namespace=namespace,
-        name=uid,
-        labels={},
-        resource_version=rv,
-        created=0.0,
-        suspended=suspended,
-        finished=False,
-        held=False,
-    )
+    return views.job(uid, {}, uid=uid, rv=rv, created=0.0, suspended=suspended, namespace=namespace)
 
 
 def test_an_older_event_never_overwrites_a_newer_state() -> None:
-    cache = ClusterCache()
+    cache = JobCache(PolicyCache())
     cache.put_job(view("a", 10, suspended=False))
     assert cache.put_job(view("a", 9, suspended=True)) is None
     assert cache.jobs["a"].suspended is False
 
 
 def test_a_deleted_job_is_not_revived_by_a_late_event() -> None:
-    cache = ClusterCache()
+    cache = JobCache(PolicyCache())
     cache.put_job(view("a", 5))
     cache.delete_job("a", 7)
     assert cache.put_job(view("a", 6)) is None
@@ -38,7 +29,7 @@ def test_a_deleted_job_is_not_revived_by_a_late_event() -> None:
 
 
 def test_a_list_reports_the_jobs_it_should_have_held_but_did_not() -> None:
-    cache = ClusterCache()
+    cache = JobCache(PolicyCache())
     cache.put_job(view("stale", 5))
     cache.put_job(view("kept", 6))
     missing = cache.apply_list([view("kept", 6)], list_version=20)
@@ -46,27 +37,27 @@ def test_a_list_reports_the_jobs_it_should_have_held_but_did_not() -> None:
 
 
 def test_a_list_does_not_judge_jobs_newer_than_itself() -> None:
-    cache = ClusterCache()
+    cache = JobCache(PolicyCache())
     cache.put_job(view("born-after-the-list", 30))
     assert cache.apply_list([], list_version=20) == []
     assert "born-after-the-list" in cache.jobs
 
 
 def test_a_list_only_judges_the_jobs_it_covers() -> None:
-    cache = ClusterCache()
+    cache = JobCache(PolicyCache())
     cache.put_job(view("elsewhere", 5, namespace="other"))
     assert cache.apply_list([], list_version=20, covers=lambda job: job.namespace == "ns") == []
 
 
 def test_a_job_relabeled_from_one_watch_into_another_survives_either_order() -> None:
     """A selector watch says DELETED, at the change's version, when a Job leaves its selector."""
-    left_first = ClusterCache()
+    left_first = JobCache(PolicyCache())
     left_first.put_job(view("a", 5))
     left_first.delete_job("a", 9)  # left watch A's selector at version 9 ...
     assert left_first.put_job(view("a", 9)) is not None  # ... and entered watch B's
     assert "a" in left_first.jobs
 
-    entered_first = ClusterCache()
+    entered_first = JobCache(PolicyCache())
     entered_first.put_job(view("a", 5))
     entered_first.put_job(view("a", 9))  # watch B brought version 9 first
     assert entered_first.delete_job("a", 9) is None  # watch A's DELETED is not newer
@@ -74,7 +65,7 @@ def test_a_job_relabeled_from_one_watch_into_another_survives_either_order() -> 
 
 
 def test_put_reports_the_replaced_view_only_on_change() -> None:
-    cache = ClusterCache()
+    cache = JobCache(PolicyCache())
     first = view("a", 1)
     assert cache.put_job(first) == first
     newer = dataclasses.replace(first, resource_version=2, suspended=False)

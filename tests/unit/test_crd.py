@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from jobgate._build.crd import CRD_FILE, render_crd, render_crd_yaml, render_reference_markdown
+from jobgate._build.crd import (
+    CRD_FILE,
+    PUBLISHED_CRD_FILE,
+    REPO,
+    render_crd,
+    render_crd_yaml,
+    render_reference_markdown,
+)
 
 
-def test_the_committed_crd_is_not_stale() -> None:
-    assert CRD_FILE.read_text() == render_crd_yaml(), "crds/ is stale: run `make crds` and commit the result"
+def test_the_committed_crds_are_not_stale() -> None:
+    for path in (CRD_FILE, PUBLISHED_CRD_FILE):
+        assert path.read_text() == render_crd_yaml(), f"{path} is stale: run `make crds` and commit the result"
 
 
 def test_the_crd_explains_every_spec_field() -> None:
@@ -24,10 +32,11 @@ def test_the_crd_explains_every_spec_field() -> None:
 
 
 def test_printer_columns_are_those_of_the_spec() -> None:
-    columns = [c["name"] for c in render_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Key Labels", "Max", "Running", "Queued", "Age"]
+    columns = render_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Key Labels", "Max", "Running", "Queued", "Age"]
+    assert [c["name"] for c in columns if c.get("priority")] == ["Max Queued", "Overflow"]  # -o wide
 
 
 def test_the_readme_policy_reference_is_generated_from_the_models() -> None:
-    readme = (CRD_FILE.parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert render_reference_markdown() in readme, "README's policy reference is stale: run `make crds`"

@@ -11,14 +11,7 @@ from jobgate.engine.engine import Engine, EngineSettings
 from jobgate.kube.api import WatchExpired
 from jobgate.telemetry.metrics import Metrics
 from localcluster.manifests import job_manifest, policy_manifest
-
-NS = "ns"
-
-
-def body(manifest: dict[str, Any], uid: str, rv: int) -> dict[str, Any]:
-    manifest["metadata"].update(namespace=NS, uid=uid, resourceVersion=str(rv))
-    manifest["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
-    return manifest
+from tests.support.engines import body, leading_engine, term_of
 
 
 def job(name: str, rv: int) -> dict[str, Any]:
@@ -74,11 +67,11 @@ def lead_until_exhausted(api: ScriptedApi) -> Engine:
         leading = asyncio.create_task(engine.lead())
         async with asyncio.timeout(10):
             await api.exhausted.wait()
-        jobs = dict(engine.cache.jobs)
+        term = term_of(engine)
         leading.cancel()
         await asyncio.gather(leading, return_exceptions=True)
         await engine.close()
-        engine.cache.jobs = jobs  # as it was while leading
+        engine.term = term  # as it was while leading
         return engine
 
     return asyncio.run(scenario())
@@ -92,7 +85,7 @@ def test_the_watch_starts_at_the_list_and_resumes_after_the_last_event_or_bookma
     )
     engine = lead_until_exhausted(api)
     assert api.watched_from == [10, 12, 30]
-    assert {j.name for j in engine.cache.jobs.values()} == {"a", "b"}
+    assert {j.name for j in term_of(engine).jobs.jobs.values()} == {"a", "b"}
 
 
 def test_an_expired_watch_lists_again_and_forgets_jobs_deleted_in_the_gap() -> None:
@@ -102,7 +95,7 @@ def test_an_expired_watch_lists_again_and_forgets_jobs_deleted_in_the_gap() -> N
     )
     engine = lead_until_exhausted(api)
     assert api.watched_from == [10, 40]
-    assert {j.name for j in engine.cache.jobs.values()} == {"a"}
+    assert {j.name for j in term_of(engine).jobs.jobs.values()} == {"a"}
 
 
 def test_a_broken_stream_is_retried_from_where_it_was() -> None:
@@ -112,7 +105,7 @@ def test_a_broken_stream_is_retried_from_where_it_was() -> None:
     )
     engine = lead_until_exhausted(api)
     assert api.watched_from == [10, 11]
-    assert {j.name for j in engine.cache.jobs.values()} == {"a"}
+    assert {j.name for j in term_of(engine).jobs.jobs.values()} == {"a"}
 
 
 # --- a watch's DELETED is a deletion, or the Job left that watch's selector ---------------------
@@ -131,14 +124,6 @@ class ReadBackApi(ScriptedApi):
         return self.current
 
 
-def leading_engine(api: ReadBackApi) -> Engine:
-    """An engine that leads, with policy p known: one slot for the Jobs labeled app=a."""
-    engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
-    engine.leading = True
-    engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
-    return engine
-
-
 def running(name: str, rv: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return body(job_manifest(name, labels or {"app": "a"}, suspend=False), f"uid-{name}", rv)
 
@@ -151,10 +136,10 @@ def deleted_after_running(current: dict[str, Any] | None) -> tuple[ReadBackApi, 
         engine = leading_engine(api)
         engine.observe_job("ADDED", running("r", 5))
         engine.observe_job("DELETED", running("r", 9))
-        before = set(engine.cache.jobs)
+        before = set(term_of(engine).jobs.jobs)
         for _ in range(5):
             await asyncio.sleep(0)
-        after = set(engine.cache.jobs)
+        after = set(term_of(engine).jobs.jobs)
         await engine.close()
         return api, before, after
 
@@ -187,6 +172,6 @@ def test_a_queued_job_said_deleted_is_dropped_without_a_read() -> None:
         engine.observe_job("ADDED", job("q", 5))
         engine.observe_job("DELETED", job("q", 9))
         await engine.close()
-        return api.reads, set(engine.cache.jobs)
+        return api.reads, set(term_of(engine).jobs.jobs)
 
     assert asyncio.run(scenario()) == (0, set())

@@ -8,17 +8,8 @@ from typing import Any
 
 from jobgate.core.jobs import JobView
 from jobgate.core.patches import JsonPatch
-from jobgate.engine.engine import Engine, EngineSettings
-from jobgate.telemetry.metrics import Metrics
-from localcluster.manifests import job_manifest, policy_manifest
-
-NS = "ns"
-
-
-def body(manifest: dict[str, Any], uid: str, rv: int) -> dict[str, Any]:
-    manifest["metadata"].update(namespace=NS, uid=uid, resourceVersion=str(rv))
-    manifest["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
-    return manifest
+from localcluster.manifests import job_manifest
+from tests.support.engines import body, leading_engine, term_of
 
 
 def job(rv: int, suspended: bool = True) -> dict[str, Any]:
@@ -30,25 +21,18 @@ class SlowApi:
 
     def __init__(self) -> None:
         self.answer: asyncio.Queue[bool] = asyncio.Queue()
-        self.patched: list[int] = []  # the resourceVersion each patch was decided on
+        self.patched: list[JsonPatch] = []
+        self.version = 100  # the API server's: every write makes a newer one
 
     async def patch_job(self, namespace: str, name: str, patch: JsonPatch) -> Mapping[str, Any] | None:
-        decided_on = int(next(op["value"] for op in patch if op["path"] == "/metadata/resourceVersion"))
-        self.patched.append(decided_on)
+        self.patched.append(patch)
         if not await self.answer.get():
             return None  # refused: a test op failed
-        return job(decided_on + 1, suspended=False)
+        self.version += 1
+        return job(self.version, suspended=False)
 
     async def post_event(self, *_: Any) -> None:
         pass
-
-
-def leading_engine(api: SlowApi) -> Engine:
-    """An engine that leads, with policy p known: one slot for the Jobs labeled app=a."""
-    engine = Engine(api, EngineSettings(), Metrics())  # type: ignore[arg-type]
-    engine.leading = True
-    engine.observe_policy(None, body(policy_manifest("p", {"app": "a"}, [], 1), "policy-uid", 1))
-    return engine
 
 
 async def settle() -> None:
@@ -61,24 +45,24 @@ def test_a_refused_admission_is_decided_again_on_the_state_that_arrived_meanwhil
         api = SlowApi()
         engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
-        engine.cache.primed = True
+        term_of(engine).jobs.primed = True
 
-        assert [j.name for j in engine.decide_once().admit] == ["j"]
+        assert [j.name for j in engine.decide_once(term_of(engine)).admit] == ["j"]
         await settle()
-        assert api.patched == [5]
+        assert len(api.patched) == 1
 
         engine.observe_job("MODIFIED", job(rv=6))  # the Job controller wrote its status meanwhile
-        assert engine.decide_once().admit == []  # the admission in flight still holds the slot
+        assert engine.decide_once(term_of(engine)).admit == []  # the admission in flight still holds the slot
 
         engine._wake.clear()
-        await api.answer.put(False)  # rv 5 no longer matches: refused
+        await api.answer.put(False)  # refused: say a label changed meanwhile
         await settle()
         assert engine._wake.is_set(), "nothing else would wake the decision: the watch event came already"
-        assert [j.resource_version for j in engine.decide_once().admit] == [6]
+        assert [j.resource_version for j in engine.decide_once(term_of(engine)).admit] == [6]
         await api.answer.put(True)
         await settle()
-        assert api.patched == [5, 6]
-        admitted = engine.cache.jobs["job-uid"]
+        assert len(api.patched) == 2
+        admitted = term_of(engine).jobs.jobs["job-uid"]
         assert isinstance(admitted, JobView) and not admitted.suspended
         await engine.close()
 
@@ -92,7 +76,7 @@ def test_status_writes_that_change_nothing_decided_wake_no_pass() -> None:
 
     engine.observe_job("MODIFIED", job(rv=6, suspended=False))  # e.g. status.active went from 0 to 1
     assert not engine._wake.is_set()
-    assert engine.cache.jobs["job-uid"].resource_version == 6  # later patches test the newest version
+    assert term_of(engine).jobs.jobs["job-uid"].resource_version == 6  # the cache keeps the newest state
 
     finished = job(rv=7, suspended=False)
     finished["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
@@ -105,8 +89,8 @@ def test_a_refused_admission_is_decided_again_when_the_newer_state_arrives_after
         api = SlowApi()
         engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
-        engine.cache.primed = True
-        engine.decide_once()
+        term_of(engine).jobs.primed = True
+        engine.decide_once(term_of(engine))
         await settle()
         await api.answer.put(False)  # refused before the watch brought rv 6
         await settle()
@@ -114,7 +98,7 @@ def test_a_refused_admission_is_decided_again_when_the_newer_state_arrives_after
         engine._wake.clear()
         engine.observe_job("MODIFIED", job(rv=6))  # only the resourceVersion changed
         assert engine._wake.is_set()
-        assert [j.resource_version for j in engine.decide_once().admit] == [6]
+        assert [j.resource_version for j in engine.decide_once(term_of(engine)).admit] == [6]
         await api.answer.put(True)
         await settle()
         await engine.close()
@@ -129,15 +113,15 @@ def test_a_job_said_gone_while_its_admission_is_in_flight_keeps_its_slot() -> No
         api = SlowApi()
         engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
-        engine.cache.primed = True
-        assert [j.name for j in engine.decide_once().admit] == ["j"]
+        term_of(engine).jobs.primed = True
+        assert [j.name for j in engine.decide_once(term_of(engine)).admit] == ["j"]
         await settle()
 
         engine.observe_job("DELETED", job(rv=6))  # the queued-label watch saw the admission first
-        assert "job-uid" in engine.cache.jobs
+        assert "job-uid" in term_of(engine).jobs.jobs
         await api.answer.put(True)  # the patch's answer: version 6, running
         await settle()
-        assert not engine.cache.jobs["job-uid"].suspended
+        assert not term_of(engine).jobs.jobs["job-uid"].suspended
         await engine.close()
 
     asyncio.run(scenario())
@@ -159,8 +143,8 @@ def test_only_a_job_that_waits_is_told_it_is_queued() -> None:
             manifest = body(job_manifest(name, {"app": "a"}), f"uid-{name}", 5)
             manifest["metadata"]["creationTimestamp"] = created
             engine.observe_job("ADDED", manifest)
-        engine.cache.primed = True
-        assert [j.name for j in engine.decide_once().admit] == ["first"]
+        term_of(engine).jobs.primed = True
+        assert [j.name for j in engine.decide_once(term_of(engine)).admit] == ["first"]
         await settle()
         await engine.close()
         return api.events

@@ -1,79 +1,125 @@
-"""The admission patch tests exactly the state it was decided on, and records when."""
+"""Each patch tests exactly what its decision read: refused when one of those fields changed, not otherwise."""
 
 from __future__ import annotations
 
-import jsonpatch  # type: ignore[import-untyped]
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from jobgate.core import patches
-from jobgate.core.jobs import JobView
+from jobgate.core.jobs import ADMITTED_AT, HOLD, PRIORITY, QUEUED_AT, QUEUED_LABEL, JobView
+from tests.support.jsonpatch_server import Refused, apply
 
-BODY = {
-    "metadata": {"uid": "u1", "resourceVersion": "42", "name": "j", "namespace": "ns", "annotations": {"x": "y"}},
+QUEUED_BODY: dict[str, Any] = {
+    "metadata": {
+        "uid": "u1",
+        "resourceVersion": "42",
+        "name": "j",
+        "namespace": "ns",
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+        "labels": {"app": "x", QUEUED_LABEL: "true"},
+        "annotations": {"x": "y", QUEUED_AT: "2026-01-01T00:00:00.000000Z", PRIORITY: "3"},
+    },
     "spec": {"suspend": True},
+    "status": {},
+}
+RUNNING_BODY: dict[str, Any] = {
+    **QUEUED_BODY,
+    "metadata": {**QUEUED_BODY["metadata"], "labels": {"app": "x"}, "annotations": {"x": "y"}},
+    "spec": {"suspend": False},
 }
 
-
-def view(**changes: object) -> JobView:
-    fields: dict[str, object] = {
-        "uid": "u1",
-        "namespace": "ns",
-        "name": "j",
-        "labels": {},
-        "resource_version": 42,
-        "created": 0.0,
-        "suspended": True,
-        "finished": False,
-        "held": False,
-        "has_annotations": True,
-    }
-    fields.update(changes)
-    return JobView(**fields)  # type: ignore[arg-type]
+Decision = Callable[[JobView], patches.JsonPatch]
+ADMIT: Decision = lambda job: patches.admit(job, now=0.0)  # noqa: E731
+RESUSPEND: Decision = lambda job: patches.resuspend(job, now=0.0)  # noqa: E731
+DECISIONS = [(ADMIT, QUEUED_BODY), (patches.release, QUEUED_BODY), (RESUSPEND, RUNNING_BODY)]
+IDS = ["admit", "release", "resuspend"]
 
 
-def test_admit_unsuspends_and_annotates_in_one_patch() -> None:
-    result = jsonpatch.apply_patch(BODY, patches.admit(view(), now=0.0))
+@pytest.mark.parametrize(("decide", "body"), DECISIONS, ids=IDS)
+def test_a_patch_applies_when_only_the_status_and_version_changed(decide: Decision, body: dict[str, Any]) -> None:
+    view = JobView.from_body(body)
+    later = _set(_set(body, "/status/active", 0), "/metadata/resourceVersion", "99")
+    apply(later, decide(view))
+
+
+@pytest.mark.parametrize(("decide", "body"), DECISIONS, ids=IDS)
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("/metadata/uid", "other"),
+        ("/metadata/labels", {"app": "y"}),
+        ("/metadata/labels", None),
+        ("/spec/managedBy", "kueue.x-k8s.io/multikueue"),
+        (f"/metadata/annotations/{HOLD.replace('/', '~1')}", "true"),
+        (f"/metadata/annotations/{PRIORITY.replace('/', '~1')}", "9"),
+        (f"/metadata/annotations/{ADMITTED_AT.replace('/', '~1')}", "2026-01-01T00:00:01.000000Z"),
+        (f"/metadata/annotations/{QUEUED_AT.replace('/', '~1')}", "2026-01-01T00:00:05.000000Z"),
+    ],
+    ids=["uid", "labels", "no-labels", "managedBy", "hold", "priority", "admitted-at", "queued-at"],
+)
+def test_a_patch_is_refused_when_a_field_the_decision_read_changed(
+    decide: Decision, body: dict[str, Any], path: str, value: Any
+) -> None:
+    view = JobView.from_body(body)
+    with pytest.raises(Refused):
+        apply(_set(body, path, value), decide(view))
+
+
+def _set(body: dict[str, Any], pointer: str, value: Any) -> dict[str, Any]:
+    *parents, last = [p.replace("~1", "/") for p in pointer.strip("/").split("/")]
+    result = copy.deepcopy(body)
+    node = result
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is None:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return result
+
+
+def test_admit_and_release_are_refused_once_the_job_runs() -> None:
+    view = JobView.from_body(QUEUED_BODY)
+    for decide in (ADMIT, patches.release):
+        with pytest.raises(Refused):
+            apply(_set(QUEUED_BODY, "/spec/suspend", False), decide(view))
+
+
+def test_every_field_of_the_view_says_how_the_patches_guard_it() -> None:
+    assert {f.name for f in dataclasses.fields(JobView)} == set(patches.GUARDED)
+
+
+def test_admit_unsuspends_records_when_and_leaves_the_queue() -> None:
+    result = apply(QUEUED_BODY, ADMIT(JobView.from_body(QUEUED_BODY)))
     assert result["spec"]["suspend"] is False
-    assert result["metadata"]["annotations"] == {"x": "y", "jobgate.dev/admitted-at": "1970-01-01T00:00:00.000000Z"}
+    assert result["metadata"]["annotations"][ADMITTED_AT] == "1970-01-01T00:00:00.000000Z"
+    assert result["metadata"]["labels"] == {"app": "x"}
 
 
 def test_admit_creates_the_annotations_map_when_there_is_none() -> None:
-    body = {**BODY, "metadata": {k: v for k, v in BODY["metadata"].items() if k != "annotations"}}  # type: ignore[attr-defined]
-    result = jsonpatch.apply_patch(body, patches.admit(view(has_annotations=False), now=0.0))
-    assert "jobgate.dev/admitted-at" in result["metadata"]["annotations"]
-
-
-@pytest.mark.parametrize(
-    "changed",
-    [
-        {"metadata": {**BODY["metadata"], "resourceVersion": "43"}},  # type: ignore[dict-item]
-        {"spec": {"suspend": False}},
-        {"metadata": {**BODY["metadata"], "uid": "other"}},  # type: ignore[dict-item]
-    ],
-)
-def test_admit_fails_when_the_job_changed_since_the_decision(changed: dict[str, object]) -> None:
-    with pytest.raises(jsonpatch.JsonPatchTestFailed):
-        jsonpatch.apply_patch({**BODY, **changed}, patches.admit(view(), now=0.0))
+    bare = _set(QUEUED_BODY, "/metadata/annotations", None)
+    result = apply(bare, ADMIT(JobView.from_body(bare)))
+    assert ADMITTED_AT in result["metadata"]["annotations"]
 
 
 def test_resuspend_marks_the_job_as_queued_by_jobgate() -> None:
-    running = {**BODY, "spec": {}}
-    result = jsonpatch.apply_patch(running, patches.resuspend(view(suspended=False), now=0.0))
+    result = apply(RUNNING_BODY, RESUSPEND(JobView.from_body(RUNNING_BODY)))
     assert result["spec"]["suspend"] is True
-    assert "jobgate.dev/queued-at" in result["metadata"]["annotations"]
-    assert result["metadata"]["labels"] == {"jobgate.dev/queued": "true"}
+    assert QUEUED_AT in result["metadata"]["annotations"]
+    assert result["metadata"]["labels"] == {"app": "x", QUEUED_LABEL: "true"}
 
 
-def test_resuspend_adds_the_queued_label_beside_existing_labels() -> None:
-    labeled = {**BODY, "metadata": {**BODY["metadata"], "labels": {"app": "x"}}}  # type: ignore[dict-item]
-    result = jsonpatch.apply_patch(labeled, patches.resuspend(view(labels={"app": "x"}), now=0.0))
-    assert result["metadata"]["labels"] == {"app": "x", "jobgate.dev/queued": "true"}
+def test_resuspend_creates_the_labels_map_when_there_is_none() -> None:
+    bare = _set(RUNNING_BODY, "/metadata/labels", None)
+    result = apply(bare, RESUSPEND(JobView.from_body(bare)))
+    assert result["metadata"]["labels"] == {QUEUED_LABEL: "true"}
 
 
-@pytest.mark.parametrize("decision", [lambda job: patches.admit(job, now=0.0), patches.release])
-def test_admit_and_release_take_the_job_out_of_the_queue_label(decision: object) -> None:
-    labels = {"app": "x", "jobgate.dev/queued": "true"}
-    queued = {**BODY, "metadata": {**BODY["metadata"], "labels": dict(labels)}}  # type: ignore[dict-item]
-    result = jsonpatch.apply_patch(queued, decision(view(labels=labels)))  # type: ignore[operator]
-    assert result["metadata"]["labels"] == {"app": "x"}
+def test_release_unsuspends_and_leaves_the_queue() -> None:
+    result = apply(QUEUED_BODY, patches.release(JobView.from_body(QUEUED_BODY)))
     assert result["spec"]["suspend"] is False
+    assert result["metadata"]["labels"] == {"app": "x"}

@@ -7,8 +7,9 @@ import dataclasses
 from jobgate.core.admission import PolicyIndex, plan
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy
-from jobgate.engine.cache import ClusterCache
+from jobgate.engine.cache import JobCache, PolicyCache
 from localcluster.manifests import policy_manifest
+from tests.support import views
 
 
 def policy(limit: int = 1) -> ConcurrencyPolicy:
@@ -18,16 +19,8 @@ def policy(limit: int = 1) -> ConcurrencyPolicy:
 
 
 def view(uid: str, labels: dict[str, str], *, rv: int = 1, suspended: bool = True, finished: bool = False) -> JobView:
-    return JobView(
-        uid=uid,
-        namespace="ns",
-        name=uid,
-        labels=labels,
-        resource_version=rv,
-        created=float(rv),
-        suspended=suspended,
-        finished=finished,
-        held=False,
+    return views.job(
+        uid, labels, uid=uid, rv=rv, created=float(rv), suspended=suspended, finished=finished, namespace="ns"
     )
 
 
@@ -57,12 +50,13 @@ def test_a_kept_index_decides_as_a_fresh_one() -> None:
 
 
 def test_the_cache_forgets_the_governance_of_jobs_it_drops() -> None:
-    cache = ClusterCache()
-    cache.put_policy(policy(), 1)
+    policies = PolicyCache()
+    policies.put_policy(policy(), 1)
+    cache = JobCache(policies)
     job = view("a", {"app": "export", "customer": "1"})
     cache.put_job(job)
-    cache.policy_index.governance_of(job)
-    assert "a" in cache.policy_index._known
+    policies.policy_index.governance_of(job)
+    assert "a" in policies.policy_index._known
 
     cache.delete_job("a", 2)
-    assert "a" not in cache.policy_index._known
+    assert "a" not in policies.policy_index._known

@@ -10,9 +10,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobgate.cli.main import build_parser
-from jobgate.cli.render import Report, human_duration, render, use_colour
-from jobgate.cli.report import queue_report, selector_mismatch, status_report, why_report
+from jobgate.cli.main import parse_args
+from jobgate.cli.render import Report, render, use_colour
+from jobgate.cli.report import human_duration, queue_report, selector_mismatch, status_report, why_report
 from jobgate.core.admission import plan
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement
@@ -157,7 +157,7 @@ def test_why_an_ungoverned_job_names_the_policies_that_do_not_match() -> None:
 
 
 def test_why_in_a_namespace_without_policies() -> None:
-    mine = job("mine", {"app": "x"}, created=1)
+    mine = job("mine", {"app": "x"}, created=1, marked=False)
     report = why_report(mine, [], [mine], NOW)
     assert not report.release
     assert report.summary == (
@@ -193,7 +193,7 @@ def test_why_names_every_policy_that_blocks_and_not_the_free_ones() -> None:
     jobs = [job("r", export("a"), suspended=False, admitted=True), job("q", export("b"), created=2)]
     report = why_report(jobs[1], [per_customer, global_cap], jobs, NOW)
     assert {g.policy: g.slot for g in report.governors} == {"exports": "free", "cap": "full"}
-    assert "policy 'cap' for (all) (1/1 running: r; position 1 of 1)" in report.summary
+    assert "policy 'cap' for (all Jobs) (1/1 running: r; position 1 of 1)" in report.summary
     assert "policy 'exports'" not in report.summary
 
 
@@ -305,6 +305,8 @@ def test_json_field_names() -> None:
         "keys",
         "moreKeys",
         "busiestKeys",
+        "maxQueued",
+        "overflow",
     }
     assert set(status["policies"][0]["busiestKeys"][0]) == {
         "key",
@@ -313,6 +315,8 @@ def test_json_field_names() -> None:
         "held",
         "oldestWaitSeconds",
         "admissible",
+        "maxConcurrent",
+        "ownLimit",
     }
     queue = json.loads(render(REPORTS[1], "json"))
     assert queue["jobs"][0] == {
@@ -322,9 +326,15 @@ def test_json_field_names() -> None:
         "position": 1,
         "keyQueued": 2,
         "running": 1,
+        "maxConcurrent": 1,
         "priority": 5,
         "waitingSeconds": NOW - 300,
         "admitNext": False,
+        "estimatedStart": {
+            "inSeconds": None,
+            "at": None,
+            "basis": "unknown: no finished Job of policy 'exports' is left to learn run times from",
+        },
     }
     why = json.loads(render(REPORTS[2], "json"))
     assert why["state"] == "queued"
@@ -353,7 +363,7 @@ def test_tables_align_their_columns() -> None:
     text = render(REPORTS[1], "table")
     lines = text.splitlines()
     header = lines[1]
-    assert header.split() == ["#", "JOB", "KEY", "POSITION", "PRIORITY", "WAITING", "RUNNING", "NOTE"]
+    assert header.split() == ["#", "JOB", "KEY", "POSITION", "PRIORITY", "WAITING", "RUNNING", "EST.", "START", "NOTE"]
     for line in lines[2:]:
         assert line[header.index("KEY")] != " "
         assert line[header.index("POSITION")] != " "
@@ -364,7 +374,7 @@ def test_tables_align_their_columns() -> None:
 def test_why_table_lists_the_slot_holders() -> None:
     text = render(REPORTS[2], "table")
     assert "POLICY   KEY         RUNNING  POSITION  SLOT  RUNNING JOBS" in text
-    assert "exports  customer=a  1/1      2 of 2    full  run-a" in text
+    assert "exports  customer=a  1/1      2 of 2    full  run-a (0s)" in text
     assert "Waiting for 162m." in text  # 9750s, as kubectl shows ages
 
 
@@ -397,15 +407,61 @@ def test_human_duration(seconds: float, text: str) -> None:
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = build_parser()
     for argv in (["queue", "exports", "--key", "no-equals"], ["status", "--limit", "x"], ["status", "-n", "a", "-A"]):
         with pytest.raises(SystemExit) as exit_info:
-            parser.parse_args(argv)
+            parse_args(argv)
         assert exit_info.value.code == 2
     assert "expected LABEL=VALUE" in capsys.readouterr().err
 
 
 def test_key_filters_parse() -> None:
-    args = build_parser().parse_args(["queue", "-n", NS, "exports", "--key", "customer=a", "--key", "region="])
+    args = parse_args(["queue", "-n", NS, "exports", "--key", "customer=a", "--key", "region="])
     assert args.key == [("customer", "a"), ("region", "")]
     assert args.output == "table"
+
+
+def test_why_a_job_suspended_by_someone_else_or_owned_elsewhere_is_not_jobgates() -> None:
+    exports = policy("exports", {"app": "x"}, ["customer"], 1)
+    theirs = job("theirs", {"app": "x", "customer": "a"}, marked=False)
+    kueue = job("kueue", {"app": "x", "customer": "a"}, foreign="Kueue queues it (label kueue.x-k8s.io/queue-name)")
+    for ignored, reason in ((theirs, "without jobgate's queued mark"), (kueue, "Kueue queues it")):
+        report = why_report(ignored, [exports], [theirs, kueue], NOW)
+        assert report.state == "not-jobgates"
+        assert reason in report.summary and "never suspends, starts or counts it" in report.summary
+
+
+# --- policy shapes: per-key limits and bounded queues ----------------------------------------------
+
+ACME = {"key": {"customer": "acme"}, "maxConcurrent": 2}
+
+
+def test_status_and_why_show_a_keys_own_limit() -> None:
+    tiered = policy("exports", {"app": "export"}, ["customer"], 1, limits=[ACME])
+    jobs = [
+        job("acme-1", export("acme"), suspended=False, created=1),
+        job("acme-2", export("acme"), suspended=False, created=2),
+        job("acme-3", export("acme"), created=3),
+        job("b-1", export("b"), suspended=False, created=4),
+    ]
+    table = render(status_report(NS, [tiered], jobs, NOW), "table")
+    assert "customer=acme  2/2      1       0     " in table and "own limit" in table
+    assert "customer=b     1/1" in table
+    why = why_report(jobs[2], [tiered], jobs, NOW)
+    assert "for customer=acme (2/2 running under its own limit: acme-1, acme-2; position 1 of 1)" in why.summary
+    queue = render(queue_report(tiered, [tiered], jobs, NOW), "table")
+    [row] = [line for line in queue.splitlines() if "acme-3" in line]
+    assert " 2/2 " in row  # running/max of its own key, not the policy's default 1
+
+
+def test_status_says_when_a_queue_is_full_and_why_says_which_job_goes() -> None:
+    bounded = policy("exports", {"app": "export"}, ["customer"], 1, maxQueued=1, overflow="ReplaceOldest")
+    jobs = [
+        job("running", export("a"), suspended=False, created=1),
+        job("older", export("a"), created=2),
+        job("newer", export("a"), created=3),
+    ]
+    table = render(status_report(NS, [bounded], jobs, NOW), "table")
+    assert "max 1 per customer, queue 1 (ReplaceOldest)" in table
+    assert "queue full (2/1, ReplaceOldest)" in table
+    assert "jobgate will delete it at its next decision" in why_report(jobs[1], [bounded], jobs, NOW).summary
+    assert why_report(jobs[2], [bounded], jobs, NOW).evict is False

@@ -8,6 +8,7 @@ from jobgate.core.jobs import QUEUED_LABEL, JobView
 from jobgate.core.policy import ConcurrencyPolicy
 from jobgate.engine.watches import JobStream, wanted
 from localcluster.manifests import policy_manifest
+from tests.support import views
 
 
 def policy(name: str, namespace: str, selector: dict[str, Any]) -> ConcurrencyPolicy:
@@ -19,7 +20,7 @@ def policy(name: str, namespace: str, selector: dict[str, Any]) -> ConcurrencyPo
 
 
 def job(namespace: str, labels: dict[str, str]) -> JobView:
-    return JobView("u", namespace, "j", labels, 1, 0.0, suspended=True, finished=False, held=False)
+    return views.job("j", labels, uid="u", created=0.0, namespace=namespace)
 
 
 EXPORTS = {"matchLabels": {"app": "export"}}
@@ -74,7 +75,9 @@ def test_a_stream_covers_the_jobs_its_selector_sends() -> None:
 
 
 def test_past_a_few_selectors_a_namespace_gets_one_stream_filtered_by_their_union() -> None:
-    policies = [policy(f"customer-{i}", "a", {"matchLabels": {"app": "export", "customer": f"c{i}"}}) for i in range(20)]
+    policies = [
+        policy(f"customer-{i}", "a", {"matchLabels": {"app": "export", "customer": f"c{i}"}}) for i in range(20)
+    ]
     policies.append(policy("other-namespace", "b", EXPORTS))
     streams = wanted(policies, scopes=[None], job_selector="team=data")
     values = ",".join(sorted(f"c{i}" for i in range(20)))

@@ -41,6 +41,11 @@
 {{- default (printf "%s-leader" (include "jobgate.fullname" .)) .Values.leaderElection.leaseName }}
 {{- end }}
 
+{{/* The MutatingWebhookConfiguration, also named by the operator's --webhook-configuration and its RBAC. */}}
+{{- define "jobgate.webhookConfigurationName" -}}
+{{- include "jobgate.clusterScopedName" . }}
+{{- end }}
+
 {{- define "jobgate.tlsSecretName" -}}
 {{- default (printf "%s-webhook-tls" (include "jobgate.fullname" .)) .Values.webhook.certificate.existingSecret }}
 {{- end }}
@@ -50,8 +55,52 @@
 {{- printf "%s-webhook" (include "jobgate.fullname" .) }}
 {{- end }}
 
+{{/*
+The webhook's certificate when the chart makes it (neither existingSecret nor cert-manager), as JSON:
+the Secret's base64 data ("ca.crt", "tls.crt", "tls.key") and the webhook's "caBundle".
+
+An existing Secret is reused: a new CA would break the webhook until every pod serves the new
+certificate. Made anew (first install, or the Secret was deleted), the caBundle trusts the new CA
+and the one the webhook trusted until now, so that pods still serving the old certificate are
+trusted while they restart (the pods' checksum annotation changes) or re-read it.
+
+Made once per render and kept in .Values: the Secret, the caBundle and the pods' checksum must
+all see the same random CA.
+*/}}
+{{- define "jobgate.generatedTLS" -}}
+{{- if not (hasKey .Values "jobgateGeneratedTLS") }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "jobgate.tlsSecretName" .) }}
+{{- $data := dict }}
+{{- if and (dig "data" "ca.crt" "" $existing) (dig "data" "tls.crt" "" $existing) (dig "data" "tls.key" "" $existing) }}
+{{- $data = pick $existing.data "ca.crt" "tls.crt" "tls.key" }}
+{{- $_ := set $data "caBundle" (index $data "ca.crt") }}
+{{- else }}
+{{- $validity := int .Values.webhook.certificate.validityDays }}
+{{- $dnsNames := include "jobgate.serviceDNSNames" . | fromJsonArray }}
+{{- $ca := genCA (printf "%s-webhook-ca" (include "jobgate.fullname" .)) $validity }}
+{{- $leaf := genSignedCert (index $dnsNames 2) nil $dnsNames $validity $ca }}
+{{- $bundle := $ca.Cert }}
+{{- $configuration := lookup "admissionregistration.k8s.io/v1" "MutatingWebhookConfiguration" "" (include "jobgate.webhookConfigurationName" .) }}
+{{- with $configuration.webhooks }}
+{{- $trusted := dig "clientConfig" "caBundle" "" (first .) | b64dec }}
+{{- $previousCA := regexFind "(?s)-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----" $trusted }}
+{{- if $previousCA }}
+{{- $bundle = printf "%s%s\n" $ca.Cert $previousCA }}
+{{- end }}
+{{- end }}
+{{- $data = dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($leaf.Cert | b64enc) "tls.key" ($leaf.Key | b64enc) "caBundle" ($bundle | b64enc) }}
+{{- end }}
+{{- $_ := set .Values "jobgateGeneratedTLS" $data }}
+{{- end }}
+{{- toJson .Values.jobgateGeneratedTLS }}
+{{- end }}
+
 {{- define "jobgate.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The names the API server may use to reach the webhook Service, for the serving certificate. */}}
@@ -77,7 +126,7 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-What the operator does to the Jobs and policies it governs (operator/jobgate/kube.py and Kopf):
+What the operator does to the Jobs and policies it governs (operator/jobgate/kube/api.py and Kopf):
 Kopf lists and watches Jobs and policies, the engine re-lists them and patches Jobs (admit,
 re-suspend, release), writes policy status, and posts Events on Jobs. Nothing else: Kopf runs
 with scanning off, standalone, and posts no events of its own. `get` reads nothing that `list`
@@ -87,6 +136,12 @@ does not, and keeps single-object reads (kube.KubeApi.get_job) working.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "patch"]
+{{- if .Values.deleteQueuedJobs }}
+# Queued Jobs only, pushed out of a full queue (overflow: ReplaceOldest), at the version decided on.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["delete"]
+{{- end }}
 - apiGroups: ["jobgate.dev"]
   resources: ["concurrencypolicies"]
   verbs: ["get", "list", "watch"]

@@ -1,4 +1,5 @@
-"""The CLI's output: aligned tables for people, JSON or YAML (the reports' ``as_dict``) for scripts.
+"""The CLI's output: aligned tables for people (``table``, ``wide``), and for scripts the reports'
+``as_dict`` as JSON or YAML, their object names (``name``), or a kubectl JSONPath template.
 
 Colour is the caller's choice (``use_colour``): only on a terminal, and never
 when NO_COLOR is set (https://no-color.org).
@@ -10,66 +11,92 @@ import json
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TextIO
+from datetime import datetime
+from typing import TextIO
 
 import yaml
 
+from jobgate.cli.annotate import ChangeReport
+from jobgate.cli.jsonpath import render_template
 from jobgate.cli.report import (
+    KeyStatus,
     PolicySummary,
+    QueueList,
     QueueReport,
+    StartEstimate,
     StatusReport,
     WhyReport,
-    describe_key,
+    human_duration,
 )
+from jobgate.core.admission import describe_key
 
-Output = Literal["table", "json", "yaml"]
-OUTPUTS: tuple[Output, ...] = ("table", "json", "yaml")
-Report = StatusReport | QueueReport | WhyReport
+# Every -o value; "jsonpath=TEMPLATE" takes a kubectl JSONPath template (see jsonpath.py).
+OUTPUTS = ("table", "wide", "json", "yaml", "name", "jsonpath=TEMPLATE")
+Report = StatusReport | QueueReport | QueueList | WhyReport | ChangeReport
 
 BOLD, DIM, RED, GREEN, YELLOW = "1", "2", "31", "32", "33"
-MAX_NAMES = 5  # running Jobs named in a table cell; JSON and YAML name them all
+MAX_NAMES = 5  # running Jobs named in a table cell; wide tables, JSON and YAML name them all
 
 
 def use_colour(stream: TextIO, environ: Mapping[str, str]) -> bool:
     return stream.isatty() and not environ.get("NO_COLOR")
 
 
-def render(report: Report, output: Output, colour: bool = False, width: int = 100) -> str:
-    """The report as text ending with a newline; ``width`` wraps the prose of tables, not their rows."""
+def render(report: Report, output: str, colour: bool = False, width: int = 100) -> str:
+    """The report as text; ``width`` wraps the prose of tables, not their rows.
+
+    ``output`` is one of OUTPUTS (the caller checked it).
+    """
     if output == "json":
         return json.dumps(report.as_dict(), indent=2) + "\n"
     if output == "yaml":
         return yaml.safe_dump(report.as_dict(), sort_keys=False, allow_unicode=True)
+    if output == "name":
+        return "".join(f"{name}\n" for name in names(report))
+    if output.startswith("jsonpath="):
+        return render_template(output.removeprefix("jsonpath="), report.as_dict())
     paint = _Paint(colour)
+    wide = output == "wide"
     if isinstance(report, StatusReport):
         lines = _status(report, paint)
     elif isinstance(report, QueueReport):
-        lines = _queue(report, paint)
+        lines = _queue(report, paint, wide)
+    elif isinstance(report, QueueList):
+        lines = _queues(report, paint, wide)
+    elif isinstance(report, ChangeReport):
+        lines = [c.summary for c in report.changes]
     else:
-        lines = _why(report, paint, width)
+        lines = _why(report, paint, width, wide)
     return "\n".join(lines) + "\n"
 
 
-def human_duration(seconds: float) -> str:
-    """Like kubectl's ages: 45s, 3m20s, 42m, 5h10m, 20h, 3d4h, 30d, 2y10d."""
-    s = max(0, int(seconds))
-    minutes, hours, days = s // 60, s // 3600, s // 86400
-    if s < 120:
-        return f"{s}s"
-    if minutes < 10:
-        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
-    if hours < 3:
-        return f"{minutes}m"
-    if hours < 8:
-        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    if days < 8:
-        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
-    if days < 365 * 2:
-        return f"{days}d"
-    years = days // 365
-    return f"{years}y{days % 365}d" if years < 8 and days % 365 else f"{years}y"
+def names(report: Report) -> list[str]:
+    """What ``-o name`` prints: the objects a report is about, as kubectl names them."""
+    if isinstance(report, StatusReport):
+        return [f"concurrencypolicy.jobgate.dev/{p.name}" for p in report.policies]
+    if isinstance(report, QueueReport):
+        return [f"job.batch/{e.name}" for e in report.entries]
+    if isinstance(report, QueueList):
+        return [f"job.batch/{e.name}" for q in report.queues for e in q.entries]
+    if isinstance(report, ChangeReport):
+        return [f"job.batch/{c.name}" for c in report.changes]
+    return [f"job.batch/{report.name}"]
+
+
+def estimated(estimate: StartEstimate) -> str:
+    """A table cell: "now", "~2m10s" or "unknown": always shown as an estimate."""
+    if estimate.start_in is None:
+        return "unknown"
+    if estimate.start_in < 1:
+        return "now"
+    return f"~{human_duration(estimate.start_in)}"
+
+
+def clock_time(epoch: float) -> str:
+    """The local wall-clock time of an estimated start: 14:05:10 UTC, with the day when not today."""
+    moment = datetime.fromtimestamp(epoch).astimezone()
+    today = datetime.now().astimezone().date()
+    return moment.strftime("%H:%M:%S %Z" if moment.date() == today else "%a %d %b %H:%M %Z")
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -110,9 +137,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[_Cell | str]], paint: 
     ]
 
 
-def _names(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:MAX_NAMES])
-    return shown + (f", +{len(names) - MAX_NAMES} more" if len(names) > MAX_NAMES else "")
+def _holders(names: Sequence[str], running_for: Sequence[float], wide: bool) -> str:
+    """The Jobs holding a key's slots and how long each has run: ``run-a (4m10s), run-b (20s)``."""
+    held = [f"{name} ({human_duration(seconds)})" for name, seconds in zip(names, running_for, strict=True)]
+    shown = ", ".join(held if wide else held[:MAX_NAMES])
+    return shown + (f", +{len(held) - MAX_NAMES} more" if len(held) > MAX_NAMES and not wide else "")
+
+
+def _start_sentence(estimate: StartEstimate) -> str:
+    if estimate.start_in is None:
+        return f"Estimated start: {estimate.basis}."
+    if estimate.start_in < 1:
+        return f"Estimated start: now ({estimate.basis})."
+    at = f" (at {clock_time(estimate.at)})" if estimate.at is not None else ""
+    return f"Estimated start: in about {human_duration(estimate.start_in)}{at}; {estimate.basis}."
 
 
 def _limit(max_concurrent: int, key_labels: Sequence[str]) -> str:
@@ -142,6 +180,8 @@ def _status(report: StatusReport, paint: _Paint) -> list[str]:
 def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     title = paint(f"{policy.namespace}/{policy.name}", BOLD)
     limit = _limit(policy.max_concurrent, policy.key_labels)
+    if policy.max_queued is not None:
+        limit += f", queue {policy.max_queued} ({policy.overflow})"
     if not policy.keys:
         held = f", {policy.held} held" if policy.held else ""
         return [f"{title}: {limit}; nothing running or queued{held}"]
@@ -149,11 +189,11 @@ def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     rows = [
         [
             describe_key(k.key),
-            _usage(k.running, policy.max_concurrent),
+            _usage(k.running, k.max_concurrent),
             str(k.queued),
             str(k.held),
             human_duration(k.oldest_wait) if k.oldest_wait is not None else "-",
-            _Cell(f"{k.admissible} admitted next", GREEN) if k.admissible else "",
+            _key_note(k, policy),
         ]
         for k in policy.busiest_keys
     ]
@@ -164,7 +204,28 @@ def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
     return lines
 
 
-def _queue(report: QueueReport, paint: _Paint) -> list[str]:
+def _key_note(k: KeyStatus, policy: PolicySummary) -> _Cell | str:
+    notes = [f"{k.admissible} admitted next"] if k.admissible else []
+    if k.own_limit:
+        notes.append("own limit")
+    if policy.max_queued is not None and k.queued >= policy.max_queued:
+        notes.append(f"queue full ({k.queued}/{policy.max_queued}, {policy.overflow})")
+    return _Cell("; ".join(notes), GREEN if k.admissible else "") if notes else ""
+
+
+def _queues(report: QueueList, paint: _Paint, wide: bool) -> list[str]:
+    if not report.queues:
+        where = "" if report.namespace is None else f" in namespace '{report.namespace}'"
+        return [f"No ConcurrencyPolicies{where}."]
+    lines: list[str] = []
+    for queue in report.queues:
+        if lines:
+            lines.append("")
+        lines.extend(_queue(queue, paint, wide))
+    return lines
+
+
+def _queue(report: QueueReport, paint: _Paint, wide: bool = False) -> list[str]:
     title = paint(f"{report.namespace}/{report.policy}", BOLD)
     scope = f" (showing {describe_key(report.key_filter)})" if report.key_filter else ""
     lines = [f"{title}: {_limit(report.max_concurrent, report.key_labels)}; {report.queued} queued{scope}"]
@@ -179,21 +240,26 @@ def _queue(report: QueueReport, paint: _Paint) -> list[str]:
             f"{e.position} of {e.key_queued}",
             str(e.priority),
             human_duration(e.waiting),
-            _usage(e.running, report.max_concurrent),
+            _usage(e.running, e.max_concurrent),
+            estimated(e.estimate),
+            *([e.estimate.basis] if wide else []),
             _Cell("admitted next", GREEN) if e.admit_next else "",
         ]
         for e in report.entries
     ]
-    lines += _table(["#", "JOB", "KEY", "POSITION", "PRIORITY", "WAITING", "RUNNING", "NOTE"], rows, paint)
+    header = ["#", "JOB", "KEY", "POSITION", "PRIORITY", "WAITING", "RUNNING", "EST. START"]
+    lines += _table([*header, *(["BASIS"] if wide else []), "NOTE"], rows, paint)
     if report.more:
         lines.append(paint(f"... and {report.more} more queued Job(s) (--limit 0 shows all)", DIM))
     return lines
 
 
-def _why(report: WhyReport, paint: _Paint, width: int) -> list[str]:
+def _why(report: WhyReport, paint: _Paint, width: int, wide: bool = False) -> list[str]:
     lines = textwrap.wrap(report.summary, width=max(40, width)) or [report.summary]
     if report.waiting is not None:
         lines.append(f"Waiting for {human_duration(report.waiting)}.")
+    if report.estimate is not None:
+        lines += textwrap.wrap(_start_sentence(report.estimate), width=max(40, width))
     if report.governors:
         rows: list[list[_Cell | str]] = [
             [
@@ -202,7 +268,7 @@ def _why(report: WhyReport, paint: _Paint, width: int) -> list[str]:
                 _usage(g.running, g.max_concurrent),
                 f"{g.position} of {g.queued}" if g.position is not None else "-",
                 _Cell(g.slot, GREEN if g.slot == "free" else YELLOW if g.slot == "taken" else RED),
-                _names(g.running_jobs),
+                _holders(g.running_jobs, g.running_for, wide),
             ]
             for g in report.governors
         ]

@@ -8,23 +8,42 @@ the functions the operator decides with, so the CLI never disagrees with it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from jobgate.core import admission
+from jobgate.core.admission import describe_key
+from jobgate.core.estimate import Estimate, estimate_start
 from jobgate.core.jobs import HOLD, JobView
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
+from jobgate.core.timestamps import format_kubernetes_time
 
 Slot = Literal["free", "taken", "full", "paused"]
-State = Literal["running", "finished", "held", "queued", "suspended"]
+State = Literal["running", "finished", "held", "queued", "suspended", "not-jobgates"]
+HISTORY = 20  # the most recent finished Jobs of a key that estimates learn run times from
 
 
-def describe_key(key: Mapping[str, str]) -> str:
-    """``customer-id=42,region=eu``; a policy without key labels has one key for all its Jobs."""
-    if not key:
-        return "(all)"
-    return ",".join(f"{label}={value}" if value else f'{label}=""' for label, value in key.items())
+def human_duration(seconds: float) -> str:
+    """Like kubectl's ages: 45s, 3m20s, 42m, 5h10m, 20h, 3d4h, 30d, 2y10d."""
+    s = max(0, int(seconds))
+    minutes, hours, days = s // 60, s // 3600, s // 86400
+    if s < 120:
+        return f"{s}s"
+    if minutes < 10:
+        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
+    if hours < 3:
+        return f"{minutes}m"
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if days < 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    if days < 365 * 2:
+        return f"{days}d"
+    years = days // 365
+    return f"{years}y{days % 365}d" if years < 8 and days % 365 else f"{years}y"
 
 
 def waited(job: JobView, now: float) -> float:
@@ -37,14 +56,14 @@ class _Decision:
     """The tally and the plan for one set of policies and Jobs, computed once."""
 
     def __init__(self, policies: Sequence[ConcurrencyPolicy], jobs: Sequence[JobView]) -> None:
-        self.tally = admission.tally(policies, jobs)
-        self.plan = admission.plan(policies, jobs)
+        self.index = admission.PolicyIndex(policies)
+        self.tally = admission.tally(policies, jobs, index=self.index)
+        self.plan = admission.plan(policies, jobs, index=self.index)
         self.admit = {job.uid for job in self.plan.admit}
-        index = admission.PolicyIndex(policies)
         # Admissions that the next decision makes in each slot: they take its free slots.
         self.admitted_in: dict[tuple[admission.PolicyRef, admission.Key], set[str]] = defaultdict(set)
         for job in self.plan.admit:
-            for gov in index.governance(job):
+            for gov in self.index.governance_of(job):
                 self.admitted_in[gov.slot].add(job.uid)
 
     def keys(self, policy: ConcurrencyPolicy) -> dict[admission.Key, admission.KeyState]:
@@ -52,7 +71,7 @@ class _Decision:
 
     def slot(self, policy: ConcurrencyPolicy, key: admission.Key, job: JobView) -> Slot:
         """The key's slots as ``job`` sees them at the next decision."""
-        limit = policy.spec.maxConcurrent
+        limit = policy.limit_for(key)
         running = len(self.keys(policy).get(key, admission.KeyState()).running)
         if limit == 0:
             return "paused"
@@ -60,6 +79,123 @@ class _Decision:
             return "full"
         others = self.admitted_in[(admission.policy_ref(policy), key)] - {job.uid}
         return "taken" if running + len(others) >= limit else "free"
+
+
+# --- estimated starts ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunTimes:
+    """When a Job's pods started and when it finished, from its status (the CLI's reads; not in JobView)."""
+
+    started: float | None  # status.startTime
+    ended: float | None  # status.completionTime, else when its Complete or Failed condition became True
+
+
+@dataclass(frozen=True)
+class StartEstimate:
+    """When a queued Job should start, and what that rests on: always an estimate, never a promise."""
+
+    start_in: float | None  # seconds from now; None: unknown
+    basis: str
+    at: float | None = None  # now + start_in
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "inSeconds": _seconds(self.start_in),
+            "at": None if self.at is None else format_kubernetes_time(self.at),
+            "basis": self.basis,
+        }
+
+
+class _History:
+    """Run durations of the finished Jobs still present, per policy and key, most recent first.
+
+    Only what the API still holds: Jobs deleted after finishing (ttlSecondsAfterFinished,
+    clean-ups) take their run times with them.
+    """
+
+    def __init__(self, index: admission.PolicyIndex, jobs: Iterable[JobView], runs: Mapping[str, RunTimes]) -> None:
+        by_slot: dict[tuple[admission.PolicyRef, admission.Key], list[tuple[float, float]]] = defaultdict(list)
+        by_policy: dict[admission.PolicyRef, list[tuple[float, float]]] = defaultdict(list)
+        for job in jobs:
+            times = runs.get(job.uid)
+            if not job.finished or times is None or times.started is None or times.ended is None:
+                continue
+            if times.ended < times.started:
+                continue
+            for gov in index.governance_of(job):
+                by_slot[gov.slot].append((times.ended, times.ended - times.started))
+                by_policy[gov.slot[0]].append((times.ended, times.ended - times.started))
+        self.by_slot = {slot: _recent(found) for slot, found in by_slot.items()}
+        self.by_policy = {ref: _recent(found) for ref, found in by_policy.items()}
+
+    def durations(self, policy: ConcurrencyPolicy, key: admission.Key) -> tuple[list[float], str]:
+        """The key's recent run durations, else its policy's (other keys), and where they come from."""
+        ref = admission.policy_ref(policy)
+        own = self.by_slot.get((ref, key), [])
+        if own:
+            return own, "of this key"
+        others = self.by_policy.get(ref, [])
+        return others, f"of other keys of policy '{policy.name}' (none of this key)"
+
+
+def _recent(found: list[tuple[float, float]]) -> list[float]:
+    return [duration for _, duration in sorted(found, reverse=True)[:HISTORY]]
+
+
+def _estimate(
+    decision: _Decision,
+    history: _History,
+    runs: Mapping[str, RunTimes],
+    job: JobView,
+    now: float,
+) -> StartEstimate:
+    """The latest estimated start over every policy that governs ``job``: it needs a slot in each."""
+    if job.uid in decision.admit:
+        return StartEstimate(0.0, "a slot is free: jobgate admits it at its next decision", now)
+    govs = decision.index.governance_of(job)
+    found: list[tuple[Estimate, str]] = []
+    for gov in govs:
+        state = decision.keys(gov.policy).get(gov.key, admission.KeyState())
+        line = [j.uid for j in state.queued]
+        if job.uid not in line:
+            continue
+        position = line.index(job.uid) + 1
+        elapsed = [_elapsed(runs.get(j.uid), now) for j in state.running]
+        durations, source = history.durations(gov.policy, gov.key)
+        slots = gov.policy.limit_for(gov.key)
+        estimate = estimate_start(position, slots, elapsed, durations)
+        found.append((estimate, _basis(gov.policy, position, len(elapsed), slots, estimate, source, len(govs) > 1)))
+    if not found:
+        return StartEstimate(None, "unknown: it is not in any queue")
+    unknown = [(e, basis) for e, basis in found if not e.known]
+    if unknown:
+        return StartEstimate(None, unknown[0][1])
+    latest, basis = max(found, key=lambda f: f[0].start_in or 0.0)
+    start_in = latest.start_in or 0.0
+    return StartEstimate(start_in, basis, now + start_in)
+
+
+def _elapsed(times: RunTimes | None, now: float) -> float:
+    """How long a running Job has run; 0 if it has no startTime yet (just admitted)."""
+    if times is None or times.started is None:
+        return 0.0
+    return max(0.0, now - times.started)
+
+
+def _basis(
+    policy: ConcurrencyPolicy, position: int, running: int, slots: int, estimate: Estimate, source: str, several: bool
+) -> str:
+    where = f"policy '{policy.name}': " if several else ""
+    if estimate.unknown == "paused":
+        return f"unknown: {where}policy '{policy.name}' is paused (maxConcurrent 0)"
+    if estimate.unknown == "no-history":
+        return f"unknown: {where}no finished Job of policy '{policy.name}' is left to learn run times from"
+    ahead = f"{position - 1} queued ahead" if position > 1 else "next in line"
+    run = "" if estimate.run_seconds is None else f"; median run {human_duration(estimate.run_seconds)}"
+    runs = "" if estimate.run_seconds is None else f" of {estimate.runs} recent run(s) {source}"
+    return f"{where}{ahead}, {running}/{slots} running{run}{runs}"
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -73,6 +209,8 @@ class KeyStatus:
     held: int
     oldest_wait: float | None  # seconds the longest-waiting queued Job has waited
     admissible: int  # queued Jobs the next decision admits
+    max_concurrent: int  # the key's limit: its own (spec.limits) or the policy's
+    own_limit: bool
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +220,8 @@ class KeyStatus:
             "held": self.held,
             "oldestWaitSeconds": _seconds(self.oldest_wait),
             "admissible": self.admissible,
+            "maxConcurrent": self.max_concurrent,
+            "ownLimit": self.own_limit,
         }
 
 
@@ -96,6 +236,8 @@ class PolicySummary:
     held: int
     keys: int  # keys with running or queued Jobs
     busiest_keys: list[KeyStatus]  # the first --limit of them, most queued first
+    max_queued: int | None = None  # spec.maxQueued: the bound of each key's queue
+    overflow: str = "Reject"
 
     @property
     def more_keys(self) -> int:
@@ -113,6 +255,8 @@ class PolicySummary:
             "keys": self.keys,
             "moreKeys": self.more_keys,
             "busiestKeys": [k.as_dict() for k in self.busiest_keys],
+            "maxQueued": self.max_queued,
+            "overflow": self.overflow,
         }
 
 
@@ -144,10 +288,7 @@ def status_report(
     summaries = []
     for policy in sorted(policies if only is None else only, key=admission.policy_ref):
         keys = decision.keys(policy)
-        active = sorted(
-            ((key, s) for key, s in keys.items() if s.running or s.queued),
-            key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]),
-        )
+        active = admission.busiest_first(keys)
         shown = active if limit <= 0 else active[:limit]
         summaries.append(
             PolicySummary(
@@ -167,9 +308,13 @@ def status_report(
                         held=len(s.held),
                         oldest_wait=max((waited(j, now) for j in s.queued), default=None),
                         admissible=sum(1 for j in s.queued if j.uid in decision.admit),
+                        max_concurrent=policy.limit_for(key),
+                        own_limit=policy.has_own_limit(key),
                     )
                     for key, s in shown
                 ],
+                max_queued=policy.spec.maxQueued,
+                overflow=policy.spec.queue_overflow,
             )
         )
     return StatusReport(namespace, summaries)
@@ -189,6 +334,8 @@ class QueueEntry:
     priority: int
     waiting: float  # seconds since queued
     admit_next: bool  # the next decision admits it
+    estimate: StartEstimate
+    max_concurrent: int  # its key's limit: its own (spec.limits) or the policy's
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -198,9 +345,11 @@ class QueueEntry:
             "position": self.position,
             "keyQueued": self.key_queued,
             "running": self.running,
+            "maxConcurrent": self.max_concurrent,
             "priority": self.priority,
             "waitingSeconds": _seconds(self.waiting),
             "admitNext": self.admit_next,
+            "estimatedStart": self.estimate.as_dict(),
         }
 
 
@@ -233,6 +382,17 @@ class QueueReport:
         }
 
 
+@dataclass(frozen=True)
+class QueueList:
+    """The queues of several policies: ``queue`` without a policy name, or with -A."""
+
+    namespace: str | None  # None: all namespaces
+    queues: list[QueueReport]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "queues": [q.as_dict() for q in self.queues]}
+
+
 def queue_report(
     policy: ConcurrencyPolicy,
     policies: Sequence[ConcurrencyPolicy],
@@ -240,46 +400,81 @@ def queue_report(
     now: float,
     key_filter: Mapping[str, str] | None = None,
     limit: int = 0,
+    runs: Mapping[str, RunTimes] | None = None,
+    selected: Collection[str] | None = None,
 ) -> QueueReport:
-    """The policy's queued Jobs in admission order, with their rank and their position in their key.
+    """The policy's queued Jobs in admission order, with their rank, their position in their key, and estimates.
 
     ``policies`` are all those that may govern the Jobs (overlaps decide what
-    is admitted next); ``key_filter`` keeps the Jobs whose key has these values.
+    is admitted next); ``key_filter`` keeps the Jobs whose key has these values,
+    ``selected`` (uids, from a label selector) the Jobs it names; ranks and
+    positions stay those in the whole queue. ``runs`` has the start and end of
+    the Jobs that have them: estimates learn run times from them.
     """
+    return queue_list(None, [policy], policies, jobs, now, key_filter, limit, runs, selected).queues[0]
+
+
+def queue_list(
+    namespace: str | None,
+    shown: Sequence[ConcurrencyPolicy],
+    policies: Sequence[ConcurrencyPolicy],
+    jobs: Sequence[JobView],
+    now: float,
+    key_filter: Mapping[str, str] | None = None,
+    limit: int = 0,
+    runs: Mapping[str, RunTimes] | None = None,
+    selected: Collection[str] | None = None,
+) -> QueueList:
+    """``queue_report`` for each of the ``shown`` policies, deciding once."""
     decision = _Decision(policies, jobs)
+    runs = runs or {}
+    history = _History(decision.index, jobs, runs)
     wanted = dict(key_filter or {})
-    placed: list[tuple[JobView, admission.Key, int, admission.KeyState]] = []
-    for key, state in decision.keys(policy).items():
-        placed.extend((job, key, position, state) for position, job in enumerate(state.queued, start=1))
-    placed.sort(key=lambda p: p[0].order)
-    entries = []
-    for rank, (job, key, position, state) in enumerate(placed, start=1):
-        named = admission.key_dict(policy, key)
-        if any(named.get(label) != value for label, value in wanted.items()):
-            continue
-        entries.append(
-            QueueEntry(
-                name=job.name,
-                key=named,
-                rank=rank,
-                position=position,
-                key_queued=len(state.queued),
-                running=len(state.running),
-                priority=job.priority,
-                waiting=waited(job, now),
-                admit_next=job.uid in decision.admit,
+    queues = []
+    for policy in sorted(shown, key=admission.policy_ref):
+        placed: list[tuple[JobView, admission.Key, int, admission.KeyState]] = []
+        for key, state in decision.keys(policy).items():
+            placed.extend((job, key, position, state) for position, job in enumerate(state.queued, start=1))
+        placed.sort(key=lambda p: p[0].order)
+        entries: list[QueueEntry] = []
+        matching = 0
+        for rank, (job, key, position, state) in enumerate(placed, start=1):
+            named = admission.key_dict(policy, key)
+            if any(named.get(label) != value for label, value in wanted.items()):
+                continue
+            if selected is not None and job.uid not in selected:
+                continue
+            matching += 1
+            if limit > 0 and len(entries) >= limit:
+                continue  # counted, not shown: no estimate needed
+            entries.append(
+                QueueEntry(
+                    name=job.name,
+                    key=named,
+                    rank=rank,
+                    position=position,
+                    key_queued=len(state.queued),
+                    running=len(state.running),
+                    priority=job.priority,
+                    waiting=waited(job, now),
+                    admit_next=job.uid in decision.admit,
+                    estimate=_estimate(decision, history, runs, job, now),
+                    max_concurrent=policy.limit_for(key),
+                )
+            )
+        queues.append(
+            QueueReport(
+                namespace=policy.namespace,
+                policy=policy.name,
+                key_labels=list(policy.spec.keyLabels),
+                max_concurrent=policy.spec.maxConcurrent,
+                key_filter=wanted,
+                queued=len(placed),
+                matching=matching,
+                entries=entries,
             )
         )
-    return QueueReport(
-        namespace=policy.namespace,
-        policy=policy.name,
-        key_labels=list(policy.spec.keyLabels),
-        max_concurrent=policy.spec.maxConcurrent,
-        key_filter=wanted,
-        queued=len(placed),
-        matching=len(entries),
-        entries=entries if limit <= 0 else entries[:limit],
-    )
+    return QueueList(namespace, queues)
 
 
 # --- why -----------------------------------------------------------------------------------------
@@ -293,8 +488,10 @@ class Governor:
     key: dict[str, str]
     missing_labels: list[str]
     running: int
-    max_concurrent: int
+    max_concurrent: int  # the key's own limit (spec.limits) or the policy's
+    own_limit: bool
     running_jobs: list[str]  # the Jobs holding the key's slots, in admission order
+    running_for: list[float]  # how long each has run (since its status.startTime)
     queued: int
     position: int | None  # in the key's queue, when the Job is queued
     slot: Slot  # at the next decision: free, taken (by Jobs before it), full, or paused (max 0)
@@ -306,7 +503,9 @@ class Governor:
             "missingLabels": self.missing_labels,
             "running": self.running,
             "maxConcurrent": self.max_concurrent,
+            "ownLimit": self.own_limit,
             "runningJobs": self.running_jobs,
+            "runningSeconds": [_seconds(e) for e in self.running_for],
             "queued": self.queued,
             "position": self.position,
             "slot": self.slot,
@@ -328,24 +527,30 @@ class Unmatched:
 class WhyReport:
     namespace: str
     name: str
-    state: State  # "suspended": suspended, not held, and no policy governs it
+    state: State  # "suspended": suspended, not held, and no policy governs it; "not-jobgates": see `ignored`
     admit_next: bool  # the next decision admits it
     release: bool  # ungoverned, queued by jobgate: the next decision unsuspends it
     resuspend: bool  # unsuspended without jobgate, over a limit: the next decision suspends it
+    evict: bool  # queued beyond a full ReplaceOldest queue: the next decision deletes it
     waiting: float | None  # seconds since queued, for a suspended Job
+    estimate: StartEstimate | None  # for a queued Job
     governors: list[Governor]
     unmatched: list[Unmatched]  # the namespace's other policies
+    ignored: str | None = None  # why jobgate leaves this Job alone, for state "not-jobgates"
 
     @property
     def summary(self) -> str:
         """One or two sentences that answer "why"."""
         job = f"Job '{self.name}'"
         slots = " and ".join(
-            f"policy '{g.policy}' ({describe_key(g.key)}: {g.running}/{g.max_concurrent} running)"
+            f"policy '{g.policy}' ({describe_key(g.key)}: {g.running}/{g.max_concurrent} running"
+            f"{' under its own limit' if g.own_limit else ''})"
             for g in self.governors
         )
         if self.state == "finished":
             text = f"{job} has finished: it holds no slot."
+        elif self.state == "not-jobgates":
+            text = f"{job} is not jobgate's to gate: {self.ignored}. jobgate never suspends, starts or counts it."
         elif self.state == "running" and self.resuspend:
             text = (
                 f"{job} was unsuspended without jobgate's admission beyond the limit of {slots}: "
@@ -373,6 +578,11 @@ class WhyReport:
                 else "jobgate will not start it; set spec.suspend to false to start it"
             )
             text = f"{job} is suspended, and {where}: {outcome}."
+        elif self.evict:
+            text = (
+                f"{job} is queued, and newer Jobs fill its key's queue (overflow: ReplaceOldest): "
+                "jobgate will delete it at its next decision."
+            )
         elif self.admit_next:
             text = (
                 f"{job} is queued and will be admitted at jobgate's next decision: "
@@ -395,15 +605,28 @@ class WhyReport:
             "admitNext": self.admit_next,
             "release": self.release,
             "resuspend": self.resuspend,
+            "evict": self.evict,
             "waitingSeconds": _seconds(self.waiting),
+            "estimatedStart": None if self.estimate is None else self.estimate.as_dict(),
             "policies": [g.as_dict() for g in self.governors],
             "unmatchedPolicies": [u.as_dict() for u in self.unmatched],
         }
 
 
-def why_report(job: JobView, policies: Sequence[ConcurrencyPolicy], jobs: Sequence[JobView], now: float) -> WhyReport:
-    """Why ``job`` waits, runs, or is left alone; ``policies`` and ``jobs`` are those of its namespace."""
-    decision = _Decision(policies, [*(j for j in jobs if j.uid != job.uid), job])
+def why_report(
+    job: JobView,
+    policies: Sequence[ConcurrencyPolicy],
+    jobs: Sequence[JobView],
+    now: float,
+    runs: Mapping[str, RunTimes] | None = None,
+) -> WhyReport:
+    """Why ``job`` waits, runs, or is left alone; ``policies`` and ``jobs`` are those of its namespace.
+
+    ``runs``: the start and end of the Jobs that have them, for the estimated start.
+    """
+    jobs = [*(j for j in jobs if j.uid != job.uid), job]
+    decision = _Decision(policies, jobs)
+    runs = runs or {}
     govs = admission.governance(policies, job)
     governors = []
     for gov in govs:
@@ -415,8 +638,10 @@ def why_report(job: JobView, policies: Sequence[ConcurrencyPolicy], jobs: Sequen
                 key=admission.key_dict(gov.policy, gov.key),
                 missing_labels=list(gov.missing_labels),
                 running=len(occupants.running),
-                max_concurrent=gov.policy.spec.maxConcurrent,
+                max_concurrent=gov.policy.limit_for(gov.key),
+                own_limit=gov.policy.has_own_limit(gov.key),
                 running_jobs=[j.name for j in occupants.running],
+                running_for=[_elapsed(runs.get(j.uid), now) for j in occupants.running],
                 queued=len(occupants.queued),
                 position=line.index(job.uid) + 1 if job.uid in line else None,
                 slot=decision.slot(gov.policy, gov.key, job),
@@ -424,8 +649,16 @@ def why_report(job: JobView, policies: Sequence[ConcurrencyPolicy], jobs: Sequen
         )
     governing = {gov.policy.name for gov in govs}
     state: State
+    ignored = job.foreign if governors else None
+    if governors and job.suspended and not job.finished and not job.held and not job.marked and ignored is None:
+        ignored = (
+            "it was suspended without jobgate's queued mark (label jobgate.dev/queued), so by someone else; "
+            "set spec.suspend to false to start it"
+        )
     if job.finished:
         state = "finished"
+    elif ignored is not None:
+        state = "not-jobgates"
     elif job.running:
         state = "running"
     elif job.held:
@@ -439,8 +672,13 @@ def why_report(job: JobView, policies: Sequence[ConcurrencyPolicy], jobs: Sequen
         admit_next=job.uid in decision.admit,
         release=any(j.uid == job.uid for j in decision.plan.release),
         resuspend=any(j.uid == job.uid for j in decision.plan.resuspend),
+        evict=any(j.uid == job.uid for j in decision.plan.evict),
         waiting=waited(job, now) if job.suspended and not job.finished else None,
+        estimate=_estimate(decision, _History(decision.index, jobs, runs), runs, job, now)
+        if state == "queued"
+        else None,
         governors=governors,
+        ignored=ignored if state == "not-jobgates" else None,
         unmatched=[
             Unmatched(p.name, selector_mismatch(p.spec.selector, job.labels))
             for p in sorted(policies, key=lambda p: p.name)
@@ -456,9 +694,10 @@ def _blocker(g: Governor) -> str:
     shown = ", ".join(g.running_jobs[:3]) + (", ..." if len(g.running_jobs) > 3 else "")
     holders = f": {shown}" if g.running_jobs else ""
     if g.slot == "full":
+        own = " under its own limit" if g.own_limit else ""
         return (
             f"a slot in policy '{g.policy}' for {describe_key(g.key)} "
-            f"({g.running}/{g.max_concurrent} running{holders}; {line})"
+            f"({g.running}/{g.max_concurrent} running{own}{holders}; {line})"
         )
     return (
         f"a slot in policy '{g.policy}' for {describe_key(g.key)}, whose free slots go to other Jobs "

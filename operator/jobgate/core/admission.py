@@ -34,6 +34,10 @@ class Governance:
     def __post_init__(self) -> None:
         object.__setattr__(self, "slot", ((self.policy.namespace, self.policy.name), self.key))
 
+    @property
+    def key_text(self) -> str:
+        return describe_key(key_dict(self.policy, self.key))
+
 
 def policy_ref(policy: ConcurrencyPolicy) -> PolicyRef:
     return (policy.namespace, policy.name)
@@ -41,6 +45,13 @@ def policy_ref(policy: ConcurrencyPolicy) -> PolicyRef:
 
 def key_dict(policy: ConcurrencyPolicy, key: Key) -> dict[str, str]:
     return dict(zip(policy.spec.keyLabels, key, strict=True))
+
+
+def describe_key(key: Mapping[str, str]) -> str:
+    """``customer-id=42,region=eu`` (an empty value shown as ""); a policy without key labels has one key."""
+    if not key:
+        return "(all Jobs)"
+    return ",".join(f"{label}={value}" if value else f'{label}=""' for label, value in key.items())
 
 
 class Labeled(Protocol):
@@ -101,7 +112,16 @@ class KeyState:
 
     running: list[JobView] = field(default_factory=list)
     queued: list[JobView] = field(default_factory=list)  # in admission order once tallied
-    held: list[JobView] = field(default_factory=list)
+    held: list[JobView] = field(default_factory=list)  # on hold, or suspended by someone else
+
+
+def busiest_first(keys: Mapping[Key, KeyState]) -> list[tuple[Key, KeyState]]:
+    """The keys with running or queued Jobs, most queued first, then most running, then by key.
+
+    The order of the policy's status.busiestKeys and of `kubectl jobgate status`.
+    """
+    active = ((key, state) for key, state in keys.items() if state.running or state.queued)
+    return sorted(active, key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]))
 
 
 def is_running(job: JobView, assumed: Collection[str]) -> bool:
@@ -126,7 +146,7 @@ def tally(
     index = index or PolicyIndex(policies)
     states: dict[PolicyRef, dict[Key, KeyState]] = {policy_ref(p): {} for p in policies}
     for job in jobs:
-        if job.finished:
+        if job.finished or job.foreign is not None:
             continue
         for gov in index.governance_of(job):
             ref, key = gov.slot
@@ -149,6 +169,8 @@ class Plan:
     admit: list[JobView] = field(default_factory=list)  # in admission order
     resuspend: list[JobView] = field(default_factory=list)  # unsuspended behind our back, over the limit
     release: list[JobView] = field(default_factory=list)  # queued by us, governed by nothing any more
+    # Queued Jobs pushed out of a full queue (spec.overflow: ReplaceOldest), oldest first: to be deleted.
+    evict: list[JobView] = field(default_factory=list)
     # Running Jobs (assumed admissions included) per policy and key, as the plan found them.
     running: dict[tuple[PolicyRef, Key], int] = field(default_factory=dict)
 
@@ -164,7 +186,13 @@ def plan(
     A queued Job is admitted when every policy that governs it has a free slot for
     its key. Jobs are considered in admission order, and a Job that does not fit
     is skipped, not waited for: it blocks no Job of another key, and since it
-    takes nothing it cannot deadlock overlapping policies.
+    takes nothing it cannot deadlock overlapping policies. A key's limit is
+    `ConcurrencyPolicy.limit_for(key)`: its own entry in spec.limits, else
+    spec.maxConcurrent.
+
+    Then bounded queues: of the Jobs left waiting, those that full ReplaceOldest
+    queues push out are to be deleted (`overflowing`). Reject queues are the
+    webhook's (`queue_full`): the operator never deletes for them.
 
     `index`, if given, must index exactly `policies`: the engine passes the one it keeps.
     """
@@ -177,16 +205,18 @@ def plan(
 
     governance_of = index.governance_of
     for job in jobs:
-        if job.finished:
-            continue
+        if job.finished or job.foreign is not None:
+            continue  # holds no slot; another controller's Job is never counted nor touched
         govs = governance_of(job)
         if not job.suspended or job.uid in assumed:  # is_running, inlined: this loop sees every Job
             for gov in govs:
                 running[gov.slot].append(job)
+        elif not job.queued:
+            continue  # held, or suspended by someone else (no queued mark): never unsuspended
         elif not govs:
-            if job.queued and job.queued_at is not None and job.admitted_at is None:
+            if job.admitted_at is None:
                 result.release.append(job)
-        elif not job.held:  # is_queued: suspended, not finished, not held, not assumed
+        else:
             candidates.append((job, govs))
 
     # Backstop: Jobs unsuspended without our admission, after the policy existed,
@@ -214,9 +244,105 @@ def plan(
     counts = {slot: len(members) for slot, members in running.items()}
     result.running = dict(counts)
     candidates.sort(key=lambda c: c[0].order)
+    waiting: list[tuple[JobView, list[Governance]]] = []
     for job, govs in candidates:
         if all(counts.get(gov.slot, 0) < gov.policy.limit_for(gov.key) for gov in govs):
             result.admit.append(job)
             for gov in govs:
                 counts[gov.slot] = counts.get(gov.slot, 0) + 1
+        else:
+            waiting.append((job, govs))
+    if any(p.spec.replaces_oldest for p in policies):
+        result.evict = overflowing(waiting)
     return result
+
+
+def age(job: JobView) -> tuple[float, str, str]:
+    """Which queued Job is the oldest, for ReplaceOldest: creation time, then namespace and name; not priority."""
+    return (job.created, job.namespace, job.name)
+
+
+def overflowing(waiting: Iterable[tuple[JobView, Sequence[Governance]]]) -> list[JobView]:
+    """The queued Jobs that full ReplaceOldest queues push out, oldest first.
+
+    `waiting`: the queued Jobs that this decision leaves waiting (admissions are
+    made first: a Job that can start now never counts against a queue), each with
+    its governance. Held, running and assumed Jobs are never in it, so they are
+    neither counted nor evicted.
+
+    For each policy with maxQueued and overflow ReplaceOldest, a key whose waiting
+    Jobs outnumber maxQueued must lose its oldest ones (by `age`, whatever their
+    priority) until maxQueued remain. Jobs are visited oldest first over all keys,
+    and one is evicted while some bounded key it is in still has too many; an
+    eviction counts in every bounded key of the Job. So a Job in two bounded keys
+    is deleted once, and with a single bounded policy per Job exactly the oldest
+    surplus of each key goes.
+    """
+    queued: dict[tuple[PolicyRef, Key], int] = defaultdict(int)
+    bounds: dict[tuple[PolicyRef, Key], int] = {}
+    for _, govs in waiting:
+        for gov in govs:
+            spec = gov.policy.spec
+            if spec.replaces_oldest and spec.maxQueued is not None:
+                queued[gov.slot] += 1
+                bounds[gov.slot] = spec.maxQueued
+    surplus = {slot: count - bounds[slot] for slot, count in queued.items() if count > bounds[slot]}
+    if not surplus:
+        return []
+    evicted = []
+    for job, govs in sorted(waiting, key=lambda w: age(w[0])):
+        slots = [gov.slot for gov in govs if gov.slot in surplus]
+        if any(surplus[slot] > 0 for slot in slots):
+            evicted.append(job)
+            for slot in slots:
+                surplus[slot] -= 1
+    return evicted
+
+
+@dataclass(frozen=True)
+class QueueFull:
+    """A key's bounded queue with overflow Reject, too full for one more Job."""
+
+    policy: ConcurrencyPolicy
+    key: Key
+    queued: int
+    running: int
+
+    @property
+    def message(self) -> str:
+        limit = self.policy.limit_for(self.key)
+        return (
+            f"the queue of ConcurrencyPolicy {self.policy.name}{for_key(self.policy, self.key)} is full "
+            f"({self.queued}/{self.policy.spec.maxQueued} queued, {self.running}/{limit} running; "
+            "overflow: Reject): try again when a queued Job has started"
+        )
+
+
+def for_key(policy: ConcurrencyPolicy, key: Key) -> str:
+    """`` for customer-id=acme``; nothing for a policy without keyLabels (one key for all its Jobs)."""
+    return f" for {describe_key(key_dict(policy, key))}" if key else ""
+
+
+def queue_full(gov: Governance, jobs: Iterable[JobView]) -> QueueFull | None:
+    """Whether a new Job of `gov`'s key must be refused: its policy bounds queues with overflow Reject, and
+    the key's queue already holds maxQueued Jobs beyond the key's free slots.
+
+    `jobs`: Jobs that may be in the key (others are skipped). A new Job that would
+    start at once never counts against the queue, so with maxQueued 0 a Job is
+    accepted only while its key has a free slot.
+    """
+    spec = gov.policy.spec
+    if spec.maxQueued is None or spec.queue_overflow != "Reject":
+        return None
+    running = queued = 0
+    for job in jobs:
+        if job.finished or job.foreign is not None:
+            continue  # holds no slot, as in `plan`; another controller's Job is never counted
+        if not any(g.slot == gov.slot for g in governance([gov.policy], job)):
+            continue
+        if job.running:
+            running += 1
+        elif job.queued:
+            queued += 1
+    free = max(0, gov.policy.limit_for(gov.key) - running)
+    return QueueFull(gov.policy, gov.key, queued, running) if queued >= spec.maxQueued + free else None

@@ -1,6 +1,6 @@
 """The ConcurrencyPolicy resource: pydantic models that are the single source of its CRD schema.
 
-The descriptions here are what `kubectl explain cpol.spec` prints; the
+The descriptions here are what `kubectl explain conpol.spec` prints; the
 ``x-kubernetes-validations`` (CEL) and patterns are what make the API server
 refuse a bad policy at `kubectl apply`, with the field named.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from jobgate.core.timestamps import parse_timestamp
 
@@ -19,7 +19,8 @@ VERSION = "v1alpha1"
 KIND = "ConcurrencyPolicy"
 PLURAL = "concurrencypolicies"
 SINGULAR = "concurrencypolicy"
-SHORT_NAMES = ("cpol",)
+# Not "cpol": Kyverno's ClusterPolicy has it, and two CRDs with one short name make `kubectl get` ambiguous.
+SHORT_NAMES = ("conpol",)
 
 # A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
 LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -94,7 +95,49 @@ class LabelSelector(_Model):
     )
 
 
+MAX_KEY_LIMITS = 200
+LABEL_VALUE_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}
+
+Overflow = Literal["Reject", "ReplaceOldest"]
+
+
+class KeyLimit(_Model):
+    """A named key's own limit: it replaces spec.maxConcurrent for that key only."""
+
+    key: dict[str, str] = Field(
+        description="The key, as in status.busiestKeys: a value for each label of keyLabels, and no other label.",
+        max_length=16,
+        json_schema_extra={"additionalProperties": LABEL_VALUE_SCHEMA},
+    )
+    maxConcurrent: int = Field(
+        description="How many Jobs of this key may run at once, instead of spec.maxConcurrent. "
+        "0 pauses this key alone.",
+        ge=0,
+        le=1_000_000,
+    )
+
+
 class PolicySpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                # An entry keyed on other labels than keyLabels could never match a Job: refuse it.
+                "rule": "!has(self.limits) || self.limits.all(l, "
+                "l.key.size() == (has(self.keyLabels) ? size(self.keyLabels) : 0) "
+                "&& l.key.all(label, has(self.keyLabels) && label in self.keyLabels))",
+                "message": "every key in limits must name exactly the labels of keyLabels, each with a value",
+                "fieldPath": ".limits",
+                "reason": "FieldValueInvalid",
+            },
+            {
+                "rule": "!has(self.overflow) || has(self.maxQueued)",
+                "message": "overflow applies to a bounded queue: set maxQueued too",
+                "fieldPath": ".overflow",
+                "reason": "FieldValueRequired",
+            },
+        )
+    )
+
     selector: LabelSelector = Field(
         description="Which Jobs of this namespace the policy governs, by their labels. "
         "An empty selector ({}) governs every Job of the namespace."
@@ -116,12 +159,51 @@ class PolicySpec(_Model):
         ge=0,
         le=1_000_000,
     )
+    limits: list[KeyLimit] = Field(
+        default_factory=list,
+        description="Named keys with their own maxConcurrent (e.g. a bigger customer); "
+        "every other key keeps spec.maxConcurrent. Each key appears at most once.",
+        max_length=MAX_KEY_LIMITS,
+        json_schema_extra=_cel(
+            {
+                "rule": "self.all(a, self.exists_one(b, b.key == a.key))",
+                "message": "each key may appear only once in limits",
+                # Not FieldValueDuplicate: its errors print the value only, never this message.
+                "reason": "FieldValueInvalid",
+            }
+        ),
+    )
+    maxQueued: int | None = Field(
+        default=None,
+        description="How many Jobs of each key may wait in the queue (held Jobs not counted); "
+        "unset: no bound. What happens to one more is spec.overflow's choice. Running Jobs are never touched.",
+        ge=0,
+        le=1_000_000,
+    )
+    overflow: Overflow | None = Field(
+        default=None,
+        description="When a key's queue is full (maxQueued): Reject (the default) refuses the new Job at creation, "
+        "which needs jobgate's webhook; ReplaceOldest queues it and deletes the key's oldest queued Job, "
+        "with an Event (newer runs replace older waiting ones).",
+    )
+
+    @property
+    def queue_overflow(self) -> Overflow:
+        return self.overflow or "Reject"
+
+    @property
+    def replaces_oldest(self) -> bool:
+        """Whether jobgate itself bounds the queues, by deleting their oldest queued Jobs."""
+        return self.maxQueued is not None and self.overflow == "ReplaceOldest"
 
 
 class KeyCount(_Model):
     key: dict[str, str] = Field(description="The key: a value for each of keyLabels.")
     running: int = Field(description="Jobs of this key that hold a slot.")
     queued: int = Field(description="Jobs of this key waiting for a slot.")
+    maxConcurrent: int | None = Field(
+        default=None, description="The key's own limit, when spec.limits names it; else spec.maxConcurrent applies."
+    )
 
 
 class Condition(_Model):
@@ -159,6 +241,16 @@ class ConcurrencyPolicy(_Model):
     generation: int
     created: float  # creationTimestamp, seconds since the epoch
     spec: PolicySpec
+    # spec.limits by key tuple (values in keyLabels order), made once: limit_for runs for every Job of every pass.
+    _own_limits: dict[tuple[str, ...], int] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        labels = self.spec.keyLabels
+        self._own_limits = {
+            tuple(entry.key.get(label, "") for label in labels): entry.maxConcurrent
+            for entry in self.spec.limits
+            if set(entry.key) == set(labels)  # the API server refuses others; a hand-made model may not
+        }
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ConcurrencyPolicy:
@@ -173,5 +265,11 @@ class ConcurrencyPolicy(_Model):
         )
 
     def limit_for(self, key: tuple[str, ...]) -> int:
-        """How many Jobs of this key may run at once: the one place a decision reads a limit."""
-        return self.spec.maxConcurrent
+        """How many Jobs of this key may run at once: the one place a decision reads a limit.
+
+        The key's own entry in spec.limits if it has one, else spec.maxConcurrent.
+        """
+        return self._own_limits.get(key, self.spec.maxConcurrent)
+
+    def has_own_limit(self, key: tuple[str, ...]) -> bool:
+        return key in self._own_limits

@@ -11,25 +11,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from jobgate.core.admission import PolicyIndex
+from jobgate.core.admission import PolicyIndex, PolicyRef
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import ConcurrencyPolicy
-
-PolicyRef = tuple[str, str]
+from jobgate.core.policy import ConcurrencyPolicy, Condition
 
 
 @dataclass
-class ClusterCache:
-    jobs: dict[str, JobView] = field(default_factory=dict)  # by uid
+class PolicyCache:
+    """The policies, on every replica (the webhook needs them): fed by Kopf's watch and LISTs."""
+
     policies: dict[PolicyRef, ConcurrencyPolicy] = field(default_factory=dict)
     policy_versions: dict[PolicyRef, int] = field(default_factory=dict)
-    # uid -> resourceVersion at deletion: late events of a deleted Job must not revive it.
-    deleted_jobs: dict[str, int] = field(default_factory=dict)
-    # Set once both kinds were fully listed: only then may decisions (and releases) be made.
-    primed: bool = False
     # Set once policies were listed: only then may the webhook answer.
-    policies_primed: bool = False
+    primed: bool = False
     _policy_index: PolicyIndex | None = None  # rebuilt on first use after any policy change
+    # Called after each change to the policies (the webhook's matchConditions follow them).
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+    # More conditions for a policy's status, from outside the engine (the webhook's scope). Here, not
+    # on a term's StatusWriter: they outlive terms, as the policies do.
+    condition_sources: list[Callable[[ConcurrencyPolicy], Condition | None]] = field(default_factory=list)
 
     @property
     def policy_index(self) -> PolicyIndex:
@@ -37,7 +37,59 @@ class ClusterCache:
             self._policy_index = PolicyIndex(self.policies.values())
         return self._policy_index
 
-    # --- Jobs -------------------------------------------------------------------------------------
+    def forget_governance(self, uid: str) -> None:
+        if self._policy_index is not None:
+            self._policy_index.forget(uid)
+
+    def put_policy(self, policy: ConcurrencyPolicy, resource_version: int) -> bool:
+        ref = (policy.namespace, policy.name)
+        if self.policy_versions.get(ref, -1) >= resource_version and ref in self.policies:
+            return False
+        changed = self.policies.get(ref) != policy
+        self.policies[ref] = policy
+        self.policy_versions[ref] = resource_version
+        if changed:
+            self._policies_changed()
+        return changed
+
+    def delete_policy(self, ref: PolicyRef) -> bool:
+        self.policy_versions.pop(ref, None)
+        self._policy_index = None
+        if self.policies.pop(ref, None) is None:
+            return False
+        self._policies_changed()
+        return True
+
+    def _policies_changed(self) -> None:
+        self._policy_index = None
+        for listener in self.listeners:
+            listener()
+
+    def replace_policies(
+        self,
+        policies: Iterable[tuple[ConcurrencyPolicy, int]],
+        list_version: int,
+        namespace: str | None = None,
+    ) -> None:
+        listed = set()
+        for policy, rv in policies:
+            listed.add((policy.namespace, policy.name))
+            self.put_policy(policy, rv)
+        for ref in [r for r in self.policies if r not in listed and (namespace is None or r[0] == namespace)]:
+            if self.policy_versions.get(ref, 0) < list_version:
+                self.delete_policy(ref)
+
+
+@dataclass
+class JobCache:
+    """The Jobs one leadership term knows, as small views: made empty when a term begins, dropped when it ends."""
+
+    policies: PolicyCache
+    jobs: dict[str, JobView] = field(default_factory=dict)  # by uid
+    # uid -> resourceVersion at deletion: late events of a deleted Job must not revive it.
+    deleted_jobs: dict[str, int] = field(default_factory=dict)
+    # Set once every stream was listed: only then may decisions (and releases) be made.
+    primed: bool = False
 
     def put_job(self, view: JobView) -> JobView | None:
         """Store the view unless something newer is known; return the view it replaced, if it changed."""
@@ -73,15 +125,8 @@ class ClusterCache:
         self._forget_governance(view.uid)
         return self.jobs.pop(view.uid)
 
-    def forget_all_jobs(self) -> None:
-        self.jobs.clear()
-        self.deleted_jobs.clear()
-        self._policy_index = None
-        self.primed = False
-
     def _forget_governance(self, uid: str) -> None:
-        if self._policy_index is not None:
-            self._policy_index.forget(uid)
+        self.policies.forget_governance(uid)
 
     def apply_list(
         self,
@@ -110,35 +155,3 @@ class ClusterCache:
             for uid, job in self.jobs.items()
             if uid not in listed and job.resource_version < list_version and covers(job)
         ]
-
-    # --- Policies ---------------------------------------------------------------------------------
-
-    def put_policy(self, policy: ConcurrencyPolicy, resource_version: int) -> bool:
-        ref = (policy.namespace, policy.name)
-        if self.policy_versions.get(ref, -1) >= resource_version and ref in self.policies:
-            return False
-        changed = self.policies.get(ref) != policy
-        self.policies[ref] = policy
-        self.policy_versions[ref] = resource_version
-        if changed:
-            self._policy_index = None
-        return changed
-
-    def delete_policy(self, ref: PolicyRef) -> bool:
-        self.policy_versions.pop(ref, None)
-        self._policy_index = None
-        return self.policies.pop(ref, None) is not None
-
-    def replace_policies(
-        self,
-        policies: Iterable[tuple[ConcurrencyPolicy, int]],
-        list_version: int,
-        namespace: str | None = None,
-    ) -> None:
-        listed = set()
-        for policy, rv in policies:
-            listed.add((policy.namespace, policy.name))
-            self.put_policy(policy, rv)
-        for ref in [r for r in self.policies if r not in listed and (namespace is None or r[0] == namespace)]:
-            if self.policy_versions.get(ref, 0) < list_version:
-                self.delete_policy(ref)

@@ -1,10 +1,17 @@
-"""The gating engine: keeps the cache fed, decides on every change, writes the decisions.
+"""The gating engine: keeps the term's cache fed, decides on every change, writes the decisions.
 
 One decision path per process. Each pass takes the cache as it is, asks the pure
 core (`admission.plan`) what to do, marks admissions as assumed, and sends the
 patches. An assumed admission holds its slot until the API answers: on success
-the returned object replaces the cached view, on refusal the assumption is
-forgotten and the watch brings the state to decide on again.
+the returned object replaces the cached view; on a definite refusal the
+assumption is forgotten and the watch brings the state to decide on again; when
+the answer is lost (timeout, broken connection, 5xx) the patch may have landed,
+so the slot stays taken until a read made after the patch must have landed
+says how it ended.
+
+Everything about Jobs belongs to the leadership term (`term.Term`): a term that
+ends takes its cache, assumptions and tasks with it, and the next starts from a
+fresh LIST, after every write of the previous one has landed or never will.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -20,11 +28,11 @@ from typing import Any, Protocol
 from jobgate.core import admission, patches
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy
-from jobgate.engine import watches
-from jobgate.engine.cache import ClusterCache
-from jobgate.engine.status import StatusWriter
+from jobgate.engine import evictions, watches
+from jobgate.engine.cache import PolicyCache
+from jobgate.engine.term import Expectation, Term
 from jobgate.engine.watches import JobStream
-from jobgate.kube.api import WatchExpired
+from jobgate.kube.api import ApiError, NotLeading, WatchExpired
 from jobgate.telemetry.metrics import Metrics
 
 log = logging.getLogger("jobgate.engine")
@@ -58,7 +66,20 @@ class ClusterApi(Protocol):
 
     async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
 
+    async def delete_job(self, job: JobView) -> bool:
+        """Delete the Job at the version given; False when it is gone or changed since."""
+        ...
+
     async def post_event(self, job: JobView, type_: str, reason: str, message: str) -> None: ...
+
+
+def definitely_not_applied(error: Exception) -> bool:
+    """Whether a failed write certainly changed nothing: not sent, or refused by the API server.
+
+    A timeout, a broken connection or a 5xx (a 504 "context canceled" among them)
+    may come after the API server applied the write.
+    """
+    return isinstance(error, NotLeading) or (isinstance(error, ApiError) and error.status < 500)
 
 
 @dataclass(frozen=True)
@@ -72,12 +93,8 @@ class EngineSettings:
     # Events are best effort and must never take the connections admissions and the Lease need:
     # a burst of new Jobs once queued thousands of Queued events ahead of every admission.
     event_concurrency: int = 4
-
-
-def describe_key(policy: ConcurrencyPolicy, key: admission.Key) -> str:
-    if not key:
-        return "(all Jobs)"
-    return ",".join(f"{label}={value}" for label, value in zip(policy.spec.keyLabels, key, strict=True))
+    # A Job write sent now has landed, or never will, this long from now (lease.LeaseTiming.landing_seconds).
+    landing_seconds: float = 10.0
 
 
 class Engine:
@@ -87,134 +104,180 @@ class Engine:
         settings: EngineSettings,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
-        self.cache = ClusterCache()
-        self.assumed: set[str] = set()
+        self.monotonic = monotonic
+        self.policies = PolicyCache()
+        self.term: Term | None = None  # while leading
+        self.terms = 0
         self.announced: set[str] = set()  # Jobs whose Queued event (or warning) was posted
+        self.warned: set[str] = set()  # Jobs told why jobgate ignores them or reads them conservatively
         self.started = clock()
-        self.status = StatusWriter(api, clock)
         self._wake = asyncio.Event()
         self._dirty_since: float | None = None  # when the oldest unhandled change arrived
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # events: best effort, outlive terms
         self._write_limit = asyncio.Semaphore(settings.write_concurrency)
         self._event_limit = asyncio.Semaphore(settings.event_concurrency)
-        self._writes: set[asyncio.Task[None]] = set()  # patches in flight, cancelled when leading ends
-        self._writing: set[str] = set()  # uids of the Jobs they patch
-        self._refused: set[str] = set()  # Jobs whose patch was refused: their next event wakes a pass
-        self._streams: dict[JobStream, asyncio.Task[None]] = {}  # the Job watches, while leading
-        self._streams_stale = False  # policies changed: the set of watches may have to follow
-        self._streams_lock = asyncio.Lock()
-        self._confirming: set[str] = set()  # Jobs being read back to learn whether they are gone
-        self._recheck: dict[str, int] = {}  # Jobs said gone while a write was in flight: version said
-        self.leading = False
+        self._writes_settle_at = float("-inf")  # monotonic: every write sent so far has landed, or never will
+
+    @property
+    def leading(self) -> bool:
+        return self.term is not None
+
+    def tracked_jobs(self) -> int:
+        return len(self.term.jobs.jobs) if self.term is not None else 0
 
     # --- feeding: called from watch handlers, synchronous and cheap -------------------------------
 
     def observe_job(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        if not self.leading:
+        term = self.term
+        if term is None:
             return  # followers keep no Jobs: a new leader starts from a fresh LIST
+        self._observe_job(term, event_type, body)
+
+    def _observe_job(self, term: Term, event_type: str | None, body: Mapping[str, Any]) -> None:
+        if term.ended:
+            return
         view = JobView.from_body(body)
         if event_type == "DELETED":
-            cached = self.cache.jobs.get(view.uid)
+            cached = term.jobs.jobs.get(view.uid)
             if cached is None or cached.resource_version >= view.resource_version:
-                self.cache.delete_job(view.uid, view.resource_version)  # a tombstone, or nothing newer to undo
+                term.jobs.delete_job(view.uid, view.resource_version)  # a tombstone, or nothing newer to undo
                 return
-            self._refused.discard(view.uid)
-            changed = self._gone_from_a_watch(cached, view.resource_version, deleted=True)
+            term.refused.discard(view.uid)
+            changed = self._gone_from_a_watch(term, cached, view.resource_version, deleted=True)
         else:
-            changed = self._store(view)
+            changed = self._store(term, view)
         if changed:
             self.changed()
 
-    def _store(self, view: JobView) -> bool:
+    def _store(self, term: Term, view: JobView, read_at: float | None = None) -> bool:
         """Keep the newest state of a Job that matters, forget one that stopped mattering.
 
+        `read_at`: when the read that returned `view` was sent, if it was a read of this Job.
         Returns whether a decision could change.
         """
+        settled = self._settle_expectation(term, view, read_at)
         if not self._keeps(view):
-            return self.cache.forget_job(view) is not None
-        before = self.cache.jobs.get(view.uid)
-        if self.cache.put_job(view) is None:
-            return False
+            return term.jobs.forget_job(view) is not None or settled
+        before = term.jobs.jobs.get(view.uid)
+        if term.jobs.put_job(view) is None:
+            return settled
         # Most events are the Job controller's status writes, which change nothing that a
         # decision reads: the cache takes their resourceVersion, but no pass is needed.
-        changed = before is None or view.uid in self._refused or not before.same_state(view)
-        self._refused.discard(view.uid)
+        changed = before is None or view.uid in term.refused or not before.same_state(view) or settled
+        term.refused.discard(view.uid)
         return changed
+
+    def _settle_expectation(self, term: Term, view: JobView, read_at: float | None) -> bool:
+        """An admission in doubt ends when the Job is seen running or finished, or read after it must have landed.
+
+        A still suspended view settles it only if it comes from a read sent after the patch
+        must have landed (`read_at`, monotonic): a watch event, however late it arrives, may
+        show a state from before the patch landed. Returns whether the slot is free again.
+        """
+        expectation = term.expected.get(view.uid)
+        if expectation is None or view.resource_version < expectation.decided_version:
+            return False
+        if view.suspended and not view.finished and (read_at is None or read_at < expectation.settles_at):
+            return False
+        del term.expected[view.uid]
+        term.assumed.discard(view.uid)
+        if view.admitted_at is not None and abs(view.admitted_at - expectation.admitted_at) < 1e-3:
+            self._admitted(view, expectation.admitted_at, triggered_at=None)  # the lost answer's patch landed
+        return True
 
     def _keeps(self, job: JobView) -> bool:
         """Only Jobs that a policy governs, or that we queued and may have to release, cost memory."""
         if job.finished:
             return False  # finished is final: the Job holds no slot and never will again
-        if job.queued_at is not None and job.suspended and job.admitted_at is None:
+        if job.marked and job.suspended and job.admitted_at is None:
             return True
-        return bool(self.cache.policy_index.governance(job))
+        return bool(self.policies.policy_index.governance(job))
 
-    def _gone_from_a_watch(self, job: JobView, version: int, *, deleted: bool) -> bool:
+    def _gone_from_a_watch(self, term: Term, job: JobView, version: int, *, deleted: bool) -> bool:
         """A watch said DELETED, or a LIST lacked the Job: it was deleted, or relabeled out of that selector.
 
         Only a deletion frees a slot; a relabeled Job may still be governed through another
-        watch that has not caught up. So a Job that holds a slot, or has a write in flight,
-        stays counted until the API says which. Returns whether the cache changed.
+        watch that has not caught up. So a Job that holds a slot, or has a write in flight
+        or in doubt, stays counted until the API says which. Returns whether the cache changed.
         """
-        if job.uid in self._writing:
-            self._recheck[job.uid] = max(version, self._recheck.get(job.uid, 0))
+        if job.uid in term.writing:
+            term.recheck[job.uid] = max(version, term.recheck.get(job.uid, 0))
             return False
-        if job.running:
-            self._confirm(job, version)
+        if job.running or job.uid in term.expected:
+            self._confirm(term, job, version)
             return False
         if deleted:
-            return self.cache.delete_job(job.uid, version) is not None
-        return self.cache.forget_job(job) is not None  # another watch may bring it back, even older
+            return term.jobs.delete_job(job.uid, version) is not None
+        return term.jobs.forget_job(job) is not None  # another watch may bring it back, even older
 
-    def _confirm(self, job: JobView, version: int) -> None:
-        """Read the Job back: gone frees its slot, otherwise its current labels say who governs it."""
-        if job.uid in self._confirming:
+    def _confirm(self, term: Term, job: JobView, version: int, not_before: float | None = None) -> None:
+        """Read the Job back: gone frees its slot, otherwise its current state says what it holds."""
+        if job.uid in term.confirming:
             return
-        self._confirming.add(job.uid)
+        term.confirming.add(job.uid)
 
         async def confirm() -> None:
             try:
+                # Polled, not one long sleep: the deadline is on the monotonic clock, which a stall moves on.
+                while not_before is not None and self.monotonic() < not_before:  # noqa: ASYNC110
+                    await asyncio.sleep(min(0.25, not_before - self.monotonic()))
+                failures = 0
                 while True:
                     try:
+                        read_at = self.monotonic()
                         body = await self.api.get_job(job.namespace, job.name)
                         break
                     except Exception as e:  # it keeps its slot until we know
-                        log.warning("could not read Job %s/%s back (%s); retrying", job.namespace, job.name, e)
-                        await asyncio.sleep(1.0)
+                        failures += 1
+                        delay = backoff(failures)
+                        log.warning(
+                            "could not read Job %s/%s back (%s); retrying in %.1fs", job.namespace, job.name, e, delay
+                        )
+                        await asyncio.sleep(delay)
             finally:
-                self._confirming.discard(job.uid)
+                term.confirming.discard(job.uid)
+            if term.ended:
+                return
             if body is None or body["metadata"]["uid"] != job.uid:
-                changed = self.cache.delete_job(job.uid, version) is not None
+                term.expected.pop(job.uid, None)
+                term.assumed.discard(job.uid)
+                term.jobs.delete_job(job.uid, version)
+                changed = True
             else:
-                changed = self._store(JobView.from_body(body))
+                changed = self._store(term, JobView.from_body(body), read_at)
             if changed:
                 self.changed()
+            if job.uid in term.expected and job.uid not in term.confirming:
+                self._confirm(term, job, version, not_before=term.expected[job.uid].settles_at)
 
-        self._spawn(confirm())
+        term.spawn(confirm())
 
     def observe_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         ref = (meta["namespace"], meta["name"])
-        before = self.cache.policies.get(ref)
+        before = self.policies.policies.get(ref)
         if event_type == "DELETED":
-            changed = self.cache.delete_policy(ref)
+            changed = self.policies.delete_policy(ref)
         else:
-            changed = self.cache.put_policy(ConcurrencyPolicy.from_body(body), int(meta.get("resourceVersion") or 0))
+            changed = self.policies.put_policy(ConcurrencyPolicy.from_body(body), int(meta.get("resourceVersion") or 0))
         if not changed:
             return
-        after = self.cache.policies.get(ref)
-        if before is None or after is None or before.spec.selector != after.spec.selector:
-            self._streams_stale = True  # the next pass first watches (and lists) what it now selects
+        after = self.policies.policies.get(ref)
+        term = self.term
+        if term is not None and (before is None or after is None or before.spec.selector != after.spec.selector):
+            term.streams_stale = True  # the next pass first watches (and lists) what it now selects
         self.changed()
 
     def changed(self) -> None:
         """What jobgate knows changed: decide again, and write the policies' status."""
-        self.status.mark_dirty()
+        if self.term is not None:
+            self.term.status.mark_dirty()
         self.wake()
 
     def wake(self) -> None:
@@ -225,81 +288,83 @@ class Engine:
     # --- leading: only the elected replica runs this ----------------------------------------------
 
     async def lead(self) -> None:
-        """List and watch the Jobs that policies select, and decide on every change until cancelled.
+        """One term: list and watch the Jobs that policies select, and decide on every change until cancelled.
 
         Only the leader watches Jobs: a follower holds nothing but policies (for the webhook).
+        A term starts only once every write of the previous term has landed or never will:
+        its LIST must not miss an admission still on its way.
         """
-        self.leading = True
+        await asyncio.sleep(max(0.0, self._writes_settle_at - self.monotonic()))
+        self.terms += 1
+        term = Term.begin(self.terms, self.policies, self.api, self.clock)
+        self.term = term
         try:
-            await self.sync(announce=False)
-            tasks = [self._spawn(self._decide_forever()), self._spawn(self._resync_forever())]
-            tasks.append(self._spawn(self._write_status_forever()))
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for task in [*tasks, *self._writes, *self._streams.values()]:
-                    task.cancel()
+            await self.sync(term, announce=False)
+            await asyncio.gather(
+                term.spawn(self._decide_forever(term)),
+                term.spawn(self._resync_forever(term)),
+                term.spawn(self._write_status_forever(term)),
+            )
         finally:
-            self.leading = False
-            self._streams.clear()
-            self.assumed.clear()
-            self.cache.forget_all_jobs()
+            self.term = None
+            await term.end()
 
     async def sync_policies(self) -> None:
         for namespace in self._scopes():
             bodies, version = await self.api.list_policies(namespace)
             parsed = [(ConcurrencyPolicy.from_body(b), int(b["metadata"].get("resourceVersion") or 0)) for b in bodies]
-            self.cache.replace_policies(parsed, version, namespace)
-        self.cache.policies_primed = True
+            self.policies.replace_policies(parsed, version, namespace)
+        self.policies.primed = True
 
-    async def sync(self, announce: bool = True) -> None:
+    async def sync(self, term: Term, announce: bool = True) -> None:
         """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps."""
         await self.sync_policies()
-        await self._follow_streams(relist=True)
+        await self._follow_streams(term, relist=True)
         if not announce:
             # Jobs queued before this process started had their Queued event from our predecessor;
             # those created since (e.g. while we waited for the Lease) get theirs now. creationTimestamp
             # has whole seconds: a Job of our first second is announced, at worst twice.
             self.announced.update(
-                uid for uid, job in self.cache.jobs.items() if job.suspended and job.created < int(self.started)
+                uid for uid, job in term.jobs.jobs.items() if job.suspended and job.created < int(self.started)
             )
-        self.cache.primed = True
+        term.jobs.primed = True
         self.changed()
 
-    async def _follow_streams(self, relist: bool = False) -> None:
+    async def _follow_streams(self, term: Term, relist: bool = False) -> None:
         """Watch what the policies select now: a new stream is listed before the next decision."""
-        async with self._streams_lock:
-            wanted = watches.wanted(self.cache.policies.values(), self._scopes(), self.settings.job_selector)
-            for stream in self._streams.keys() - wanted:
-                self._streams.pop(stream).cancel()
+        async with term.streams_lock:
+            wanted = watches.wanted(self.policies.policies.values(), self._scopes(), self.settings.job_selector)
+            for stream in term.streams.keys() - wanted:
+                term.streams.pop(stream).cancel()
                 log.info("stopped watching %s", stream)
             for stream in wanted:
-                if stream in self._streams:
+                if stream in term.streams:
                     if relist:
-                        await self._list_jobs(stream)
+                        await self._list_jobs(term, stream)
                     continue
-                version = await self._list_jobs(stream)
-                self._streams[stream] = self._spawn(self._watch_jobs(stream, version))
+                version = await self._list_jobs(term, stream)
+                term.streams[stream] = term.spawn(self._watch_jobs(term, stream, version))
                 log.info("watching %s from version %d", stream, version)
             # Jobs that only a stopped stream brought, or that no policy governs now, cost nothing more.
-            for job in [job for job in self.cache.jobs.values() if not self._keeps(job)]:
-                self.cache.forget_job(job)
+            for job in [job for job in term.jobs.jobs.values() if not self._keeps(job)]:
+                term.jobs.forget_job(job)
 
-    async def _list_jobs(self, stream: JobStream) -> int:
+    async def _list_jobs(self, term: Term, stream: JobStream) -> int:
         """LIST one stream's Jobs into the cache; returns the version its watch goes on from."""
         views, version = await self.api.list_jobs(stream.namespace, stream.selector or None)
-        missing = self.cache.apply_list(views, version, stream.covers, self._keeps)
-        log.debug("listed %d %s at version %d: keeping %d in all", len(views), stream, version, len(self.cache.jobs))
-        if sum(self._gone_from_a_watch(job, version, deleted=False) for job in missing):
+        missing = term.jobs.apply_list(views, version, stream.covers, self._keeps)
+        log.debug("listed %d %s at version %d: keeping %d in all", len(views), stream, version, len(term.jobs.jobs))
+        if sum(self._gone_from_a_watch(term, job, version, deleted=False) for job in missing):
             self.changed()
         return version
 
-    async def _watch_jobs(self, stream: JobStream, version: int) -> None:
+    async def _watch_jobs(self, term: Term, stream: JobStream, version: int) -> None:
         """Follow one stream from `version`, as client-go's reflector does.
 
         A stream the server ends is resumed from the last version seen (bookmarks keep it
         fresh); a version the server no longer has (410 Gone) means a new LIST, which also
-        finds the Jobs deleted meanwhile. Errors back off up to 30 s and never end leading.
+        finds the Jobs deleted meanwhile. Errors back off (with jitter, up to 30 s) and never
+        end leading.
         """
         failures = 0
         while True:
@@ -309,53 +374,53 @@ class Engine:
                 ):
                     version = int(body["metadata"].get("resourceVersion") or version)
                     if event_type != "BOOKMARK":
-                        self.observe_job(event_type, body)
+                        self._observe_job(term, event_type, body)
                     failures = 0
             except WatchExpired:
                 log.info("watch of %s expired at version %d: listing again", stream, version)
-                version = await self._list_jobs(stream)
+                version = await self._list_jobs(term, stream)
             except Exception as e:  # a broken stream is retried, never fatal
                 failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
+                delay = backoff(failures)
                 log.warning("watch of %s failed (%s); retrying in %.1fs", stream, e, delay)
                 await asyncio.sleep(delay)
 
     def _scopes(self) -> tuple[str | None, ...]:
         return self.settings.namespaces or (None,)
 
-    async def _decide_forever(self) -> None:
+    async def _decide_forever(self, term: Term) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             started = self._dirty_since
             self._dirty_since = None
-            while self._streams_stale:
-                self._streams_stale = False
-                await self._follow_streams()
+            while term.streams_stale:
+                term.streams_stale = False
+                await self._follow_streams(term)
             began = time.monotonic()
-            self.decide_once(started)
+            self.decide_once(term, started)
             spent = time.monotonic() - began
             if spent > PACE_ABOVE_SECONDS:
                 # Under load, a pass over thousands of Jobs follows every few events: leave the loop
                 # as long again for reading watches and answers, and let the next pass take them all.
                 await asyncio.sleep(min(spent, PACE_AT_MOST_SECONDS))
 
-    async def _resync_forever(self) -> None:
+    async def _resync_forever(self, term: Term) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            await self.sync()
+            await self.sync(term)
 
-    async def _write_status_forever(self) -> None:
+    async def _write_status_forever(self, term: Term) -> None:
         while True:
             await asyncio.sleep(self.settings.status_seconds)
-            await self.status.write(self.cache, self.assumed, self.metrics)
+            await term.status.write(term.jobs, term.assumed, self.metrics)
 
-    def decide_once(self, triggered_at: float | None = None) -> admission.Plan:
-        if not self.cache.primed:
+    def decide_once(self, term: Term, triggered_at: float | None = None) -> admission.Plan:
+        if not term.jobs.primed or term.ended:
             return admission.Plan()
-        policies = list(self.cache.policies.values())
-        jobs = list(self.cache.jobs.values())
-        plan = admission.plan(policies, jobs, self.assumed, self.cache.policy_index)
+        policies = list(self.policies.policies.values())
+        jobs = list(term.jobs.jobs.values())
+        plan = admission.plan(policies, jobs, term.assumed, self.policies.policy_index)
         log.debug(
             "decided on %d Job(s), %d policies: admit %d, resuspend %d, release %d",
             len(jobs),
@@ -364,90 +429,136 @@ class Engine:
             len(plan.resuspend),
             len(plan.release),
         )
-        self._announce(jobs, plan)
+        self._announce(term, jobs, plan)
         if plan.admit or plan.resuspend or plan.release:
-            self.status.mark_dirty()
+            term.status.mark_dirty()
         for job in plan.admit:
-            self.assumed.add(job.uid)
+            term.assumed.add(job.uid)
         # The writes go on in the background: the next pass need not wait for this one's slowest
         # patch. Admissions in flight are assumed (they hold their slots); a Job with a re-suspension
         # or release in flight is not written again until that write has returned.
         for job in plan.admit:
-            self._write(job, self._admit(job, policies, triggered_at))
+            self._write(term, job, self._admit(term, job, triggered_at))
         for job in plan.resuspend:
-            if job.uid not in self._writing:
-                self._write(job, self._resuspend(job))
+            if job.uid not in term.writing:
+                self._write(term, job, self._resuspend(term, job))
         for job in plan.release:
-            if job.uid not in self._writing:
-                self._write(job, self._release(job))
+            if job.uid not in term.writing:
+                self._write(term, job, self._release(term, job))
+        for job in plan.evict:  # full ReplaceOldest queues: see evictions.py
+            if job.uid not in term.writing:
+                govs = self.policies.policy_index.governance_of(job)
+                self._write(term, job, evictions.evict(self._deleter(term), job, govs, self.metrics, self._post))
         return plan
 
-    def _write(self, job: JobView, write: Coroutine[Any, Any, None]) -> None:
+    def _write(self, term: Term, job: JobView, write: Coroutine[Any, Any, None]) -> None:
         async def tracked() -> None:
             try:
                 await write
             finally:  # before any pass that this write's outcome wakes
-                self._writing.discard(job.uid)
-                self._recheck_after_write(job.uid)
+                term.writing.discard(job.uid)
+                self._recheck_after_write(term, job.uid)
 
-        self._writing.add(job.uid)
-        task = self._spawn(tracked())
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        term.writing.add(job.uid)
+        term.spawn(tracked())
 
-    def _recheck_after_write(self, uid: str) -> None:
+    def _recheck_after_write(self, term: Term, uid: str) -> None:
         """A watch said the Job gone while we wrote it: unless our write's answer is newer, find out."""
-        said_gone_at = self._recheck.pop(uid, None)
-        cached = self.cache.jobs.get(uid)
+        said_gone_at = term.recheck.pop(uid, None)
+        cached = term.jobs.jobs.get(uid)
         if said_gone_at is None or cached is None or cached.resource_version >= said_gone_at:
             return
-        if self._gone_from_a_watch(cached, said_gone_at, deleted=False):
+        if self._gone_from_a_watch(term, cached, said_gone_at, deleted=False):
             self.changed()
 
     # --- writes -----------------------------------------------------------------------------------
 
-    async def _patch(self, job: JobView, patch: patches.JsonPatch) -> JobView | None:
+    @contextlib.asynccontextmanager
+    async def _sending(self, term: Term) -> AsyncIterator[None]:
+        """Around every Job write: a bounded number at once, none once its term ended.
+
+        Raises NotLeading when the term ended before the write was sent.
+        """
         async with self._write_limit:
+            if term.ended:
+                raise NotLeading("the term ended before the write was sent")
+            # Every write sent from now may land until then: the next term starts no earlier.
+            self._writes_settle_at = max(self._writes_settle_at, self.monotonic() + self.settings.landing_seconds)
+            yield
+
+    def _refused(self, term: Term, job: JobView) -> None:
+        """A write decided on `job` was refused: the Job changed since. Decide again on the change.
+
+        If the watch brought the change while the write was in flight, no event is left to
+        wake the decision up (a status-only change wakes none): wake it now.
+        """
+        cached = term.jobs.jobs.get(job.uid)
+        if cached is not None and cached.resource_version > job.resource_version:
+            self.wake()
+        else:
+            term.refused.add(job.uid)
+
+    async def _patch(self, term: Term, job: JobView, patch: patches.JsonPatch) -> JobView | None:
+        """Send a patch; None when it was refused (the Job changed, or is gone).
+
+        Raises when the outcome is unknown or nothing was sent (NotLeading).
+        """
+        async with self._sending(term):
             body = await self.api.patch_job(job.namespace, job.name, patch)
         if body is None:
-            # Refused: the Job changed since the decision. If the watch brought the change while
-            # the patch was in flight, no event is left to wake the decision up: wake it now.
-            cached = self.cache.jobs.get(job.uid)
-            if cached is not None and cached.resource_version > job.resource_version:
-                self.wake()
-            else:
-                self._refused.add(job.uid)
+            self._refused(term, job)
             return None
         view = JobView.from_body(body)
-        self._store(view)  # a released Job, say, is forgotten here: no watch may bring it again
+        self._store(term, view)  # a released Job, say, is forgotten here: no watch may bring it again
         return view
 
-    async def _admit(self, job: JobView, policies: list[ConcurrencyPolicy], triggered_at: float | None) -> None:
+    async def _admit(self, term: Term, job: JobView, triggered_at: float | None) -> None:
         now = self.clock()
+        sent_at = self.monotonic()
         try:
-            admitted = await self._patch(job, patches.admit(job, now))
-        except Exception:
-            log.exception("admitting Job %s/%s failed; it stays queued", job.namespace, job.name)
-            admitted = None
-            self._retry_later()
-        finally:
-            self.assumed.discard(job.uid)
+            admitted = await self._patch(term, job, patches.admit(job, now))
+        except Exception as e:
+            if definitely_not_applied(e):
+                log.warning("admitting Job %s/%s failed (%s); it stays queued", job.namespace, job.name, e)
+                term.assumed.discard(job.uid)
+                self._retry_later()
+                return
+            # The patch may have landed: the Job keeps its slot until a read that comes after the
+            # patch must have landed (or the watch showing it running) says how it ended.
+            settles_at = sent_at + self.settings.landing_seconds
+            term.expected[job.uid] = Expectation(job.resource_version, settles_at, admitted_at=now)
+            log.warning(
+                "admitting Job %s/%s: answer lost (%s); its slot stays taken until a read after %.1fs says more",
+                job.namespace,
+                job.name,
+                str(e) or type(e).__name__,
+                self.settings.landing_seconds,
+            )
+            self._confirm(term, job, job.resource_version, not_before=settles_at)
+            return
+        if job.uid not in term.expected:
+            term.assumed.discard(job.uid)
         if admitted is None:
             return
-        govs = admission.governance(policies, job)
+        self._admitted(job, now, triggered_at)
+
+    def _admitted(self, job: JobView, now: float, triggered_at: float | None) -> None:
+        """Count an admission that landed, and say so on the Job."""
+        govs = self.policies.policy_index.governance(job)
         queued_since = job.queued_at or job.created
         for gov in govs:
             self.metrics.admitted(gov.policy, waited=max(0.0, now - queued_since))
         if triggered_at is not None:
             self.metrics.decision_latency.observe(max(0.0, now - triggered_at))
-        where = "; ".join(f"policy {g.policy.name} key {describe_key(g.policy, g.key)}" for g in govs)
+        where = "; ".join(f"policy {g.policy.name} key {g.key_text}" for g in govs)
         self._post(job, "Normal", "Admitted", f"Admitted by {where} after {now - queued_since:.1f}s queued")
 
-    async def _resuspend(self, job: JobView) -> None:
+    async def _resuspend(self, term: Term, job: JobView) -> None:
         try:
-            done = await self._patch(job, patches.resuspend(job, self.clock()))
-        except Exception:
-            log.exception("re-suspending Job %s/%s failed", job.namespace, job.name)
+            done = await self._patch(term, job, patches.resuspend(job, self.clock()))
+        except Exception as e:
+            # Unknown or not: the Job counts as running until the watch shows it suspended.
+            log.warning("re-suspending Job %s/%s failed: %s", job.namespace, job.name, e)
             self._retry_later()
             return
         if done is not None:
@@ -459,15 +570,32 @@ class Engine:
                 "had no free slot; it is queued now",
             )
 
-    async def _release(self, job: JobView) -> None:
+    async def _release(self, term: Term, job: JobView) -> None:
         try:
-            done = await self._patch(job, patches.release(job))
-        except Exception:
-            log.exception("releasing Job %s/%s failed", job.namespace, job.name)
+            done = await self._patch(term, job, patches.release(job))
+        except Exception as e:
+            log.warning("releasing Job %s/%s failed: %s", job.namespace, job.name, e)
             self._retry_later()
             return
         if done is not None:
             self._post(job, "Normal", "Released", "Unsuspended: no ConcurrencyPolicy governs this Job any more")
+
+    def _deleter(self, term: Term) -> evictions.Delete:
+        """How evictions.py deletes a queued Job: through the same gate as every write, and decided again
+        when the deletion is refused (the Job changed since) or failed."""
+
+        async def delete(job: JobView) -> bool:
+            try:
+                async with self._sending(term):
+                    deleted = await self.api.delete_job(job)
+            except Exception:
+                self._retry_later()
+                raise
+            if not deleted:
+                self._refused(term, job)
+            return deleted
+
+        return delete
 
     def _retry_later(self, delay: float = 1.0) -> None:
         async def retry() -> None:
@@ -478,16 +606,17 @@ class Engine:
 
     # --- events -----------------------------------------------------------------------------------
 
-    def _announce(self, jobs: list[JobView], plan: admission.Plan) -> None:
-        """Queued events and missing-label warnings, once per Job, on its first pass as queued.
+    def _announce(self, term: Term, jobs: list[JobView], plan: admission.Plan) -> None:
+        """Queued events and warnings, once per Job, on its first pass as queued (or as ignored).
 
         A Job this very pass admits never waited: it gets its warnings, and no Queued event
         (in a burst, that is one write less per key for an API server that is the bottleneck).
         """
-        fresh = [j for j in jobs if j.queued and j.uid not in self.announced and j.uid not in self.assumed]
+        self._warn_ignored(jobs)
+        fresh = [j for j in jobs if j.queued and j.uid not in self.announced and j.uid not in term.assumed]
         if not fresh:
             return
-        index = self.cache.policy_index
+        index = self.policies.policy_index
         running = plan.running
         admitted_now = {job.uid for job in plan.admit}
         for job in fresh:
@@ -498,8 +627,8 @@ class Engine:
             parts = []
             for gov in govs:
                 parts.append(
-                    f"policy {gov.policy.name} key {describe_key(gov.policy, gov.key)} "
-                    f"({running.get(gov.slot, 0)}/{gov.policy.spec.maxConcurrent} running)"
+                    f"policy {gov.policy.name} key {gov.key_text} "
+                    f"({running.get(gov.slot, 0)}/{gov.policy.limit_for(gov.key)} running)"
                 )
                 if gov.missing_labels:
                     self._post(
@@ -512,8 +641,27 @@ class Engine:
             if job.uid not in admitted_now:
                 self._post(job, "Normal", "Queued", "Queued by " + "; ".join(parts))
         # Forget finished and deleted Jobs so the set stays as small as the queue.
-        if len(self.announced) > 2 * len(self.cache.jobs) + 1000:
-            self.announced &= set(self.cache.jobs)
+        if len(self.announced) > 2 * len(term.jobs.jobs) + 1000:
+            self.announced &= set(term.jobs.jobs)
+            self.warned &= set(term.jobs.jobs)
+
+    def _warn_ignored(self, jobs: list[JobView]) -> None:
+        """One Warning per Job that a policy selects but jobgate leaves alone or reads conservatively."""
+        for job in jobs:
+            if job.uid in self.warned or (job.foreign is None and not job.invalid):
+                continue
+            if job.finished or not self.policies.policy_index.governance_of(job):
+                continue
+            self.warned.add(job.uid)
+            if job.foreign is not None:
+                self._post(
+                    job,
+                    "Warning",
+                    "NotGated",
+                    f"jobgate leaves this Job alone though a ConcurrencyPolicy selects it: {job.foreign}",
+                )
+            else:
+                self._post(job, "Warning", "InvalidAnnotation", "; ".join(job.invalid))
 
     def _post(self, job: JobView, type_: str, reason: str, message: str) -> None:
         async def post() -> None:
@@ -537,3 +685,9 @@ class Engine:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def backoff(failures: int) -> float:
+    """Exponential, up to 30 s, with jitter so that many streams do not retry in step."""
+    jitter: float = random.uniform(0.5, 1.0)
+    return min(30.0, 0.5 * 2.0**failures) * jitter

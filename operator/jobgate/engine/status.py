@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from jobgate.core import admission
 from jobgate.core.policy import MAX_BUSIEST_KEYS, ConcurrencyPolicy, Condition, KeyCount, PolicyStatus
 from jobgate.core.timestamps import format_kubernetes_time
-from jobgate.engine.cache import ClusterCache
+from jobgate.engine.cache import JobCache
 from jobgate.telemetry.metrics import Metrics
+
+log = logging.getLogger("jobgate.status")
+FAILURE_LOG_SECONDS = 60.0
 
 
 class StatusApi(Protocol):
@@ -22,8 +26,8 @@ def policy_status(
     previous_ready: Condition | None,
     now: float,
 ) -> PolicyStatus:
-    active = {key: state for key, state in keys.items() if state.running or state.queued}
-    busiest = sorted(active.items(), key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]))
+    busiest = admission.busiest_first(keys)
+    active = dict(busiest)
     paused = policy.spec.maxConcurrent == 0
     ready = Condition(
         type="Ready",
@@ -31,7 +35,7 @@ def policy_status(
         reason="Paused" if paused else "Reconciled",
         message="maxConcurrent is 0: no Job is admitted until it is raised"
         if paused
-        else f"admitting up to {policy.spec.maxConcurrent} Job(s) per key",
+        else f"admitting up to {policy.spec.maxConcurrent} Job(s) per key{shapes_note(policy)}",
         lastTransitionTime=(
             previous_ready.lastTransitionTime
             if previous_ready is not None and previous_ready.status == "True"
@@ -44,11 +48,45 @@ def policy_status(
         queued=sum(len(s.queued) for s in active.values()),
         keys=len(active),
         busiestKeys=[
-            KeyCount(key=admission.key_dict(policy, key), running=len(s.running), queued=len(s.queued))
+            KeyCount(
+                key=admission.key_dict(policy, key),
+                running=len(s.running),
+                queued=len(s.queued),
+                maxConcurrent=policy.limit_for(key) if policy.has_own_limit(key) else None,
+            )
             for key, s in busiest[:MAX_BUSIEST_KEYS]
         ],
         conditions=[ready],
     )
+
+
+def with_conditions(
+    status: PolicyStatus, extra: list[Condition], previous: PolicyStatus | None, now: float
+) -> PolicyStatus:
+    """`status` with more conditions; each keeps its lastTransitionTime while its status stays the same."""
+    if not extra:
+        return status
+    before = {c.type: c for c in previous.conditions} if previous is not None else {}
+    stamped = [
+        c.model_copy(
+            update={
+                "lastTransitionTime": before[c.type].lastTransitionTime
+                if c.type in before and before[c.type].status == c.status
+                else format_kubernetes_time(now)
+            }
+        )
+        for c in extra
+    ]
+    return status.model_copy(update={"conditions": [*status.conditions, *stamped]})
+
+
+def shapes_note(policy: ConcurrencyPolicy) -> str:
+    """What spec.limits and spec.maxQueued add to the Ready message: ", 2 key(s) with their own limit; ..."""
+    spec = policy.spec
+    note = f", {len(spec.limits)} key(s) with their own limit" if spec.limits else ""
+    if spec.maxQueued is not None:
+        note += f"; at most {spec.maxQueued} queued per key (overflow: {spec.queue_overflow})"
+    return note
 
 
 class StatusWriter:
@@ -57,30 +95,54 @@ class StatusWriter:
         self.clock = clock
         self.dirty = True
         self.written: dict[admission.PolicyRef, PolicyStatus] = {}
+        self._forbidden_reported = False
+        self._last_failure_log = float("-inf")
 
     def mark_dirty(self) -> None:
         self.dirty = True
 
-    async def write(self, cache: ClusterCache, assumed: Collection[str], metrics: Metrics) -> None:
+    def _report_failure(self, policy: ConcurrencyPolicy, error: Exception) -> None:
+        """Say why a status was not written: a 403 once (RBAC will not fix itself), others once a minute."""
+        forbidden = getattr(error, "status", None) == 403
+        now = self.clock()
+        if forbidden and self._forbidden_reported:
+            return
+        if not forbidden and now - self._last_failure_log < FAILURE_LOG_SECONDS:
+            return
+        self._forbidden_reported |= forbidden
+        self._last_failure_log = now
+        log.warning(
+            "could not write the status of ConcurrencyPolicy %s/%s: %s%s",
+            policy.namespace,
+            policy.name,
+            error,
+            " (jobgate needs patch on concurrencypolicies/status)" if forbidden else "; retrying",
+        )
+
+    async def write(self, cache: JobCache, assumed: Collection[str], metrics: Metrics) -> None:
+        """Write each policy's status from the term's Jobs (`cache`) and the admissions it assumes."""
         if not self.dirty or not cache.primed:
             return
         self.dirty = False
-        policies = list(cache.policies.values())
-        states = admission.tally(policies, cache.jobs.values(), assumed, cache.policy_index)
+        policies = list(cache.policies.policies.values())
+        states = admission.tally(policies, cache.jobs.values(), assumed, cache.policies.policy_index)
         now = self.clock()
         for policy in policies:
             ref = (policy.namespace, policy.name)
             previous = self.written.get(ref)
             previous_ready = next((c for c in previous.conditions if c.type == "Ready"), None) if previous else None
             status = policy_status(policy, states[ref], previous_ready, now)
-            metrics.set_jobs(policy, status.running, status.queued)
+            extra = [c for c in (source(policy) for source in cache.policies.condition_sources) if c is not None]
+            status = with_conditions(status, extra, previous, now)
+            metrics.set_jobs(policy, states[ref])
             if status == previous:
                 continue
             try:
                 await self.api.patch_policy_status(policy.namespace, policy.name, status.model_dump(exclude_none=True))
                 self.written[ref] = status
-            except Exception:
+            except Exception as e:
                 self.dirty = True  # try again on the next tick
-        alive = set(cache.policies)
+                self._report_failure(policy, e)
+        alive = set(cache.policies.policies)
         metrics.forget_policies_except(alive)
         self.written = {ref: s for ref, s in self.written.items() if ref in alive}

@@ -22,11 +22,11 @@ from jobgate.core.jobs import JobView
 from jobgate.core.patches import JsonPatch
 from jobgate.core.policy import GROUP, PLURAL, VERSION
 from jobgate.core.timestamps import format_kubernetes_time
+from jobgate.kube import paging
 from jobgate.telemetry.metrics import Metrics
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
-LIST_PAGE = 500
 Item = TypeVar("Item")
 
 
@@ -38,6 +38,10 @@ class ApiError(Exception):
         except ValueError:
             message = body
         super().__init__(f"{method} {path}: {status} {message}")
+
+
+class NotLeading(Exception):
+    """A Job write was not sent: this replica could not prove that it holds the Lease now."""
 
 
 class WatchExpired(Exception):
@@ -89,12 +93,19 @@ def _namespaced(namespace: str | None, api: str, plural: str) -> str:
 class KubeApi:
     """Implements engine.ClusterApi and status.StatusApi."""
 
-    def __init__(self, api_client: aio_client.ApiClient, metrics: Metrics, write_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        api_client: aio_client.ApiClient,
+        metrics: Metrics,
+        write_timeout: float = 5.0,
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.client = api_client
         self.metrics = metrics
-        # An admission in flight when leadership is lost must land (or fail) before a
-        # successor could act: keep this below lease duration minus renew deadline.
+        # A Job write must end before a successor could take the Lease: both bounds come from
+        # lease.LeaseTiming, whose inequality run.py checks at start-up.
         self.write_timeout = write_timeout
+        self.may_write = may_write
 
     async def request(
         self,
@@ -105,10 +116,23 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float | None = None,
+        fenced: bool = False,
     ) -> tuple[int, Any]:
-        method = {"list": "GET", "get": "GET", "patch": "PATCH", "create": "POST", "update": "PUT"}[verb]
+        """One API call. `fenced`: a leader's write, sent only if the Lease is provably held at that moment."""
+        method = {
+            "list": "GET",
+            "get": "GET",
+            "patch": "PATCH",
+            "create": "POST",
+            "update": "PUT",
+            "delete": "DELETE",
+        }[verb]
         headers = {"Content-Type": content_type, "Accept": "application/json"}
-        response = await self._send(method, path, query, headers, body, timeout)
+        if fenced:
+            # The API server stops working on the request when this ends, too: a write that reached
+            # it late cannot be applied after the client gave up, beyond the server's own latency.
+            query = {**(query or {}), "timeout": f"{timeout or self.write_timeout:g}s"}
+        response = await self._send(method, path, query, headers, body, timeout, fenced)
         data = await response.read()
         self.metrics.api_requests.labels(verb, resource, str(response.status)).inc()
         if not 200 <= response.status < 300:
@@ -123,6 +147,7 @@ class KubeApi:
         headers: Mapping[str, str],
         body: Any = None,
         timeout: float | aiohttp.ClientTimeout | None = None,
+        fenced: bool = False,
     ) -> Any:
         """The client's response, its body not read yet."""
         serialized = await self.client.param_serialize(
@@ -133,6 +158,10 @@ class KubeApi:
             body=body,
             auth_settings=["BearerToken"],
         )
+        # Checked here, after the last await before the request leaves: nothing can run in between.
+        if fenced and not self.may_write():
+            self.metrics.api_requests.labels(method.lower(), "fenced", "not-sent").inc()
+            raise NotLeading(f"not sent: the Lease is not provably held now ({method} {path})")
         return await self.client.call_api(*serialized, _request_timeout=timeout)
 
     async def _list(
@@ -148,16 +177,14 @@ class KubeApi:
         every Job's body at once (about 10 KiB each once parsed).
         """
         items: list[Item] = []
-        params = {"limit": str(LIST_PAGE), **(query or {})}
+        params: dict[str, str] | None = paging.first_page(query)
         version = 0
-        while True:
+        while params is not None:
             _, page = await self.request("list", path, resource, params)
             items.extend(convert(item) for item in page.get("items") or [])
             version = version or int(page["metadata"].get("resourceVersion") or 0)
-            token = page["metadata"].get("continue")
-            if not token:
-                return items, version
-            params = {**params, "continue": token}
+            params = paging.next_page(params, page)
+        return items, version
 
     async def list_jobs(self, namespace: str | None, label_selector: str | None = None) -> tuple[list[JobView], int]:
         query = {"labelSelector": label_selector} if label_selector else None
@@ -226,13 +253,34 @@ class KubeApi:
         path = f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}"
         try:
             _, body = await self.request(
-                "patch", path, "jobs", body=patch, content_type=JSON_PATCH, timeout=self.write_timeout
+                "patch", path, "jobs", body=patch, content_type=JSON_PATCH, timeout=self.write_timeout, fenced=True
             )
         except ApiError as e:
             if e.status in (404, 409, 422):  # gone, or changed since we decided: not an error
                 return None
             raise
         return body  # type: ignore[no-any-return]
+
+    async def delete_job(self, job: JobView) -> bool:
+        """Delete the Job if it is still the version decided on; False when it is gone or has changed since.
+
+        The preconditions make a deletion that races an admission lose: a Job admitted
+        meanwhile has a newer resourceVersion, and a running Job is never deleted.
+        """
+        path = f"/apis/batch/v1/namespaces/{quote(job.namespace)}/jobs/{quote(job.name)}"
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",  # its pods (none: it never ran) go with it
+            "preconditions": {"uid": job.uid, "resourceVersion": str(job.resource_version)},
+        }
+        try:
+            await self.request("delete", path, "jobs", body=options, timeout=self.write_timeout, fenced=True)
+        except ApiError as e:
+            if e.status in (404, 409):  # gone, or changed since we decided
+                return False
+            raise
+        return True
 
     async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}/status"

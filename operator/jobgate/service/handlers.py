@@ -16,10 +16,11 @@ from typing import Any
 
 import kopf
 
-from jobgate.core.jobs import QUEUED_AT, QUEUED_LABEL
+from jobgate.core.jobs import QUEUED_AT, QUEUED_LABEL, annotation_problems, foreign_controller
 from jobgate.core.policy import GROUP, PLURAL, VERSION
 from jobgate.core.timestamps import format_timestamp
 from jobgate.engine.engine import Engine
+from jobgate.service import queues
 
 WEBHOOK_ID = "suspend-governed-jobs"
 WEBHOOK_PRIME_TIMEOUT = 5.0
@@ -46,12 +47,13 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
 
     @kopf.on.probe(id="trackedJobs", registry=registry)
     async def tracked_jobs(**_: Any) -> int:
-        return len(engine.cache.jobs)
+        return engine.tracked_jobs()
 
     if not webhook:
         return
 
     @kopf.on.mutate("batch", "v1", "jobs", id=WEBHOOK_ID, operations=["CREATE"], registry=registry)
+    @engine.metrics.timed_webhook
     async def suspend_governed_jobs(body: kopf.Body, patch: kopf.Patch, warnings: list[str], **kwargs: Any) -> None:
         if kwargs.get("operation") != "CREATE":  # Kopf does not filter operations itself
             return
@@ -60,10 +62,21 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
             raise kopf.AdmissionError("jobgate has not loaded its ConcurrencyPolicies yet; retry", code=503)
         meta = body.get("metadata") or {}
         job = NewJob(namespace=meta.get("namespace") or "", labels=meta.get("labels") or {})
-        governors = engine.cache.policy_index.governance(job)
+        governors = engine.policies.policy_index.governance(job)
         if not governors:
             engine.metrics.webhook_requests.labels("untouched").inc()
             return
+        if foreign_controller(body.get("spec") or {}, job.labels, meta.get("ownerReferences") or ()):
+            engine.metrics.webhook_requests.labels("untouched").inc()
+            return  # another controller owns its suspension; the engine says so in a Warning Event
+        problems = annotation_problems(meta.get("annotations") or {})
+        if problems:
+            engine.metrics.webhook_requests.labels("refused").inc()
+            raise kopf.AdmissionError("jobgate: " + "; ".join(problems), code=422)
+        full = await queues.first_full(engine.api, job, governors, warnings)
+        if full is not None:
+            engine.metrics.webhook_requests.labels("rejected").inc()
+            raise kopf.AdmissionError(f"jobgate: {full.message}", code=403)
         patch.spec["suspend"] = True
         patch.metadata.annotations[QUEUED_AT] = format_timestamp(time.time())
         patch.metadata.labels[QUEUED_LABEL] = "true"
@@ -74,7 +87,7 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
 
 async def _policies_known(engine: Engine) -> bool:
     deadline = time.monotonic() + WEBHOOK_PRIME_TIMEOUT
-    while not engine.cache.policies_primed:
+    while not engine.policies.primed:
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.05)

@@ -5,73 +5,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import os
 import socket
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import kopf
 
 from jobgate.engine.engine import Engine, EngineSettings
+from jobgate.engine.webhook_scope import keep_webhook_scope
 from jobgate.kube import api as kube
-from jobgate.kube.lease import Leadership, LeaseTiming
+from jobgate.kube import paging
+from jobgate.kube.lease import BadLeaseTiming, Leadership, LeaseTiming
 from jobgate.service import handlers
+from jobgate.service.tls import ReloadingWebhookServer
 from jobgate.telemetry.logs import setup_logging
 from jobgate.telemetry.metrics import Metrics
 
 log = logging.getLogger("jobgate")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_argument_group("what to watch")
-    where.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
-    where.add_argument("--context", help="kubeconfig context to use")
-    scope = where.add_mutually_exclusive_group()
-    scope.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        dest="namespaces",
-        metavar="NS",
-        help="watch this namespace (repeatable); the default is all namespaces",
+def lease_timing(args: argparse.Namespace) -> LeaseTiming:
+    """The Lease timings from the flags; raises BadLeaseTiming, naming the inequality, if they are unsafe."""
+    scaled = LeaseTiming.for_lease(float(args.lease_seconds))
+    return dataclasses.replace(
+        scaled,
+        renew_seconds=args.renew_deadline or scaled.renew_seconds,
+        retry_seconds=args.retry_period or scaled.retry_seconds,
+        write_timeout=args.write_timeout or scaled.write_timeout,
     )
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    where.add_argument(
-        "--job-selector",
-        metavar="SELECTOR",
-        help="a further server-side label selector for the Jobs to watch, e.g. 'team=data': jobgate "
-        "already asks only for the Jobs that some policy selects (or that it queued), and this narrows them",
-    )
-    where.add_argument("--resync-seconds", type=float, default=300.0, help="full re-list period (default 300)")
-
-    serve = parser.add_argument_group("endpoints")
-    serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port; 0 disables")
-    serve.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port; 0 disables")
-    serve.add_argument("--webhook-port", type=int, default=0, help="serve the mutating webhook on this port")
-    serve.add_argument("--webhook-cert", help="PEM certificate for the webhook server")
-    serve.add_argument("--webhook-key", help="PEM private key for the webhook server")
-    serve.add_argument("--webhook-addr", default="0.0.0.0", help="webhook listen address (default 0.0.0.0)")
-
-    elect = parser.add_argument_group("leader election")
-    elect.add_argument(
-        "--leader-elect",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="elect one admitting replica with a Lease (default: on)",
-    )
-    elect.add_argument(
-        "--leader-election-namespace",
-        default=os.environ.get("POD_NAMESPACE", "default"),
-        help="namespace of the Lease (default: $POD_NAMESPACE or 'default')",
-    )
-    elect.add_argument("--lease-name", default="jobgate-leader", help="name of the Lease (default jobgate-leader)")
-    elect.add_argument("--lease-seconds", type=float, default=15.0, help="Lease duration (default 15)")
-
-    logs = parser.add_argument_group("logging")
-    logs.add_argument("--log-format", choices=["text", "json"], default="text", help="one event per line")
-    logs.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
             "error: --webhook-port needs --webhook-cert and --webhook-key (and they need the port)",
             file=sys.stderr,
         )
+        return 2
+    try:
+        lease_timing(args)
+    except BadLeaseTiming as e:
+        print(f"error: unsafe leader election flags: {e}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(operate(args))
@@ -92,10 +62,14 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     api_client = await kube.connect(args.kubeconfig, args.context)
-    api = kube.KubeApi(api_client, metrics, write_timeout=max(1.0, args.lease_seconds / 4))
+    timing = lease_timing(args)
+    api = kube.KubeApi(api_client, metrics, write_timeout=timing.write_timeout)
     namespaces = tuple(args.namespaces or ())
     engine_settings = EngineSettings(
-        namespaces=namespaces, job_selector=args.job_selector, resync_seconds=args.resync_seconds
+        namespaces=namespaces,
+        job_selector=args.job_selector,
+        resync_seconds=args.resync_seconds,
+        landing_seconds=timing.landing_seconds,
     )
     engine = Engine(api, engine_settings, metrics)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -107,15 +81,9 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
         finally:
             metrics.leader.set(0)
 
-    lease = float(args.lease_seconds)
-    leadership = Leadership(
-        api,
-        args.leader_election_namespace,
-        args.lease_name,
-        identity,
-        lead,
-        LeaseTiming(lease_seconds=lease, renew_seconds=lease * 2 / 3, retry_seconds=lease / 7),
-    )
+    leadership = Leadership(api, args.leader_election_namespace, args.lease_name, identity, lead, timing)
+    if args.leader_elect:
+        api.may_write = leadership.may_write  # every Job write proves the Lease is held as it leaves
 
     registry = kopf.OperatorRegistry()
     kopf_settings = kopf.OperatorSettings()
@@ -130,6 +98,10 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
 
     log.info("jobgate starting as %s, watching %s", identity, ", ".join(namespaces) or "all namespaces")
     await engine.sync_policies()
+    scoping = None
+    if args.webhook_configuration:  # the leader keeps the webhook's matchConditions in step with the policies
+        leading = (lambda: leadership.is_leader) if args.leader_elect else (lambda: True)
+        scoping = asyncio.create_task(keep_webhook_scope(api_client, args.webhook_configuration, engine, leading))
     stop_flag = stop_flag or asyncio.Event()
     elected = asyncio.create_task(leadership.run() if args.leader_elect else lead())
 
@@ -152,6 +124,9 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
     finally:
         elected.cancel()
         await asyncio.gather(elected, return_exceptions=True)
+        if scoping is not None:
+            scoping.cancel()
+            await asyncio.gather(scoping, return_exceptions=True)
         await engine.close()
         await api_client.close()
 
@@ -162,13 +137,13 @@ def configure_kopf(settings: kopf.OperatorSettings, args: argparse.Namespace) ->
     settings.persistence.finalizer = "jobgate.dev/unused"  # never strip anyone's Kopf finalizer
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.watching.chunk_size = kube.LIST_PAGE  # Kopf lists in one request by default
+    settings.watching.chunk_size = paging.LIST_PAGE  # Kopf lists in one request by default
     if args.webhook_port:
-        settings.admission.server = kopf.WebhookServer(
+        settings.admission.server = ReloadingWebhookServer(
             addr=args.webhook_addr,
             port=args.webhook_port,
-            certfile=args.webhook_cert,
-            pkeyfile=args.webhook_key,
+            cert_path=Path(args.webhook_cert),
+            key_path=Path(args.webhook_key),
         )
     settings.admission.managed = None  # the chart (or the test) owns the webhook configuration
 

@@ -1,0 +1,63 @@
+"""The webhook's answer to a full queue (spec.overflow: Reject): count the key's Jobs through the API.
+
+Every replica serves the webhook, but only the leader holds Jobs: the count is a
+LIST of the policy's Jobs in that key, read fresh from the API server. The bound
+holds at creation time; Jobs created at the same instant may each see room for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from jobgate.core import admission
+from jobgate.core.jobs import JobView
+from jobgate.core.selectors import to_label_selector_string
+
+log = logging.getLogger("jobgate.webhook")
+
+# Well within the API server's webhook timeout (10 s by default), which would fail the whole creation.
+COUNT_TIMEOUT_SECONDS = 3.0
+
+
+class JobLister(Protocol):
+    async def list_jobs(self, namespace: str | None, label_selector: str | None = None) -> tuple[list[JobView], int]:
+        """Every Job as a view, and the LIST's resourceVersion."""
+        ...
+
+
+def key_selector(gov: admission.Governance) -> str:
+    """The policy's selector narrowed to the key: its non-empty values as label requirements.
+
+    An empty value also stands for a missing label, which no single requirement
+    expresses: such labels are left out, and `admission.queue_full` keeps only the key's Jobs.
+    """
+    parts = [to_label_selector_string(gov.policy.spec.selector)]
+    parts += [f"{label}={value}" for label, value in zip(gov.policy.spec.keyLabels, gov.key, strict=True) if value]
+    return ",".join(part for part in parts if part)
+
+
+async def first_full(
+    api: JobLister, job: admission.Labeled, governors: Sequence[admission.Governance], warnings: list[str]
+) -> admission.QueueFull | None:
+    """The first Reject-bounded queue among the Job's governors that has no room for it.
+
+    A queue that cannot be counted (the API did not answer) does not refuse the Job:
+    a warning says so, and the Job is queued past the bound rather than lost.
+    """
+    for gov in governors:
+        spec = gov.policy.spec
+        if spec.maxQueued is None or spec.queue_overflow != "Reject":
+            continue
+        try:
+            jobs, _ = await asyncio.wait_for(api.list_jobs(job.namespace, key_selector(gov)), COUNT_TIMEOUT_SECONDS)
+        except Exception as e:
+            log.warning("could not count the queue of policy %s for a new Job: %s", gov.policy.name, e)
+            warnings.append(f"jobgate: could not count the queue of ConcurrencyPolicy {gov.policy.name}; accepted")
+            continue
+        full = admission.queue_full(gov, jobs)
+        if full is not None:
+            return full
+    return None
