@@ -41,8 +41,8 @@ SECRET = "kueue-webhook-server-cert"
 SERVICE = "kueue-webhook-service"
 SERVICE_NAME = f"{SERVICE}.{NAMESPACE}.svc"
 CA_NAME = "kueue-ca"
-# The CRDs whose conversion webhook Kueue's certificate rotator gives its CA; the others convert by
-# renaming the version (strategy None), as no caller here asks for their older versions anyway.
+# The CRDs whose conversion webhook Kueue's certificate rotator gives its CA. The others keep their
+# files' strategy (None): a webhook without a CA would refuse every conversion asked of it.
 CONVERTED = tuple(
     f"{plural}.kueue.x-k8s.io"
     for plural in ("localqueues", "clusterqueues", "workloads", "cohorts", "multikueueclusters")

@@ -27,7 +27,6 @@ from bench import timeline
 from bench.environment import cpu_seconds
 from bench.harness import Bench, wait_until
 from bench.scenarios import Document, target
-from jobgate.core.jobs import QUEUED_LABEL
 from jobgate.core.policy import ConcurrencyPolicy
 from localcluster.build import ensure_tool
 from localcluster.kueue import QUEUE_LABEL, KueueManager, KueueSettings, local_queue
@@ -63,8 +62,10 @@ def manifests(keys: int, per_key: int, gate: str, run_seconds: float) -> list[di
         key = f"k{i % keys:04d}"
         labels = {LABEL: "refill", KEY: key}
         # Marked as the gate's own webhook would have marked it on creation.
-        labels.update({QUEUE_LABEL: local_queue(key)} if gate.startswith("kueue") else {QUEUED_LABEL: "true"})
-        manifest = job_manifest(f"refill-{i:05d}", labels, runs_for=f"{run_seconds:g}s")
+        kueue = gate.startswith("kueue")
+        if kueue:
+            labels[QUEUE_LABEL] = local_queue(key)
+        manifest = job_manifest(f"refill-{i:05d}", labels, runs_for=f"{run_seconds:g}s", queued_mark=not kueue)
         for container in manifest["spec"]["template"]["spec"]["containers"]:
             container["resources"] = {"requests": {"cpu": CPU_PER_JOB}}  # what Kueue's quota counts
         made.append(manifest)

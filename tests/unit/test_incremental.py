@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from jobgate.core import incremental
 from jobgate.core.admission import Plan, plan
 from jobgate.core.incremental import IncrementalPlanner
-from jobgate.core.jobs import JobView
+from jobgate.core.jobs import QUEUED_LABEL, JobView
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement, PolicySpec
 from tests.support.views import job, policy
 
@@ -84,6 +84,11 @@ class History:
                 }
                 if c & 1:
                     labels["tier"] = "x"
+                # Most are marked as the webhook marks them; some by the label alone, some not at all
+                # (someone else suspended them), some are another controller's.
+                mark = (d >> 3) % 8
+                if mark == 5:
+                    labels[QUEUED_LABEL] = "true"
                 self.serial += 1
                 view = job(
                     f"j{self.serial}",
@@ -92,8 +97,9 @@ class History:
                     suspended=kind != 4,
                     priority=(c >> 1) % 3 - 1,
                     created=float((c >> 3) % 4) * 5,
-                    queued_at=1.0 if kind != 4 or c & 32 else None,
+                    marked=mark < 5 and (kind != 4 or bool(c & 32)),
                     held=kind == 5,
+                    foreign="kueue" if mark == 7 else None,
                 )
                 self.put_job(view)
             case 6 | 7 | 8 if picked is not None:  # it completes
@@ -123,28 +129,40 @@ class History:
                     self.put_job(dataclasses.replace(picked, held=not picked.held))
             case 14 if picked is not None:  # its priority changes
                 self.put_job(dataclasses.replace(picked, priority=b % 3))
-            case 15 | 16:  # a policy is created (or replaced), or changes its limit
+            case 15 | 16:  # a policy is created (or replaced), or changes its limits or its queue's bound
                 ref = (NAMESPACES[a % 2], f"p{b % 3}")
                 existing = self.policies.get(ref)
                 if existing is not None and kind == 16:
-                    spec = existing.spec.model_copy(update={"maxConcurrent": c % 4})
-                    self.put_policy(existing.model_copy(update={"spec": spec, "generation": existing.generation + 1}))
+                    spec = existing.spec.model_dump(exclude_none=True)
+                    spec["maxConcurrent"] = c % 4
+                    if "maxQueued" in spec:
+                        spec["maxQueued"] = (c >> 2) % 3
+                    if spec["limits"] and d & 8:
+                        spec["limits"][0]["maxConcurrent"] = (c >> 4) % 3
+                    created, generation = existing.created, existing.generation + 1
                 else:
-                    spec = PolicySpec(
-                        selector=SELECTORS[c % len(SELECTORS)],
-                        keyLabels=KEY_LABELS[(c >> 3) % len(KEY_LABELS)],
-                        maxConcurrent=b % 4,
+                    keys = KEY_LABELS[(c >> 3) % len(KEY_LABELS)]
+                    spec = {
+                        "selector": SELECTORS[c % len(SELECTORS)].model_dump(exclude_none=True),
+                        "keyLabels": keys,
+                        "maxConcurrent": b % 4,
+                    }
+                    if keys and d & 8:  # one key with its own limit
+                        spec["limits"] = [{"key": dict.fromkeys(keys, "x"), "maxConcurrent": (b >> 2) % 3}]
+                    if d & 16:  # a bounded queue
+                        spec["maxQueued"] = (b >> 4) % 3
+                        spec["overflow"] = "ReplaceOldest" if d & 32 else "Reject"
+                    created, generation = float((d >> 2) % 2) * 7, 1
+                self.put_policy(
+                    ConcurrencyPolicy(
+                        namespace=ref[0],
+                        name=ref[1],
+                        uid=f"uid-{ref}",
+                        generation=generation,
+                        created=created,
+                        spec=PolicySpec.model_validate(spec),
                     )
-                    self.put_policy(
-                        ConcurrencyPolicy(
-                            namespace=ref[0],
-                            name=ref[1],
-                            uid=f"uid-{ref}",
-                            generation=1,
-                            created=float((d >> 2) % 2) * 7,
-                            spec=spec,
-                        )
-                    )
+                )
             case 17 if self.policies:  # a policy is deleted
                 ref = sorted(self.policies)[a % len(self.policies)]
                 del self.policies[ref]
@@ -164,6 +182,7 @@ class History:
         assert [(j.uid, j.resource_version) for j in got.admit] == [(j.uid, j.resource_version) for j in expected.admit]
         assert [j.uid for j in got.resuspend] == [j.uid for j in expected.resuspend]
         assert sorted(j.uid for j in got.release) == sorted(j.uid for j in expected.release)
+        assert [j.uid for j in got.evict] == [j.uid for j in expected.evict]
         for slot, count in got.running.items():
             assert expected.running.get(slot, 0) == count
         for slot, count in expected.running.items():

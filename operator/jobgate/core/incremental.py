@@ -9,7 +9,7 @@ and is told what changed:
     planner.upsert_policy(policy); planner.remove_policy(ref)
     decided = planner.plan(assumed)                     # an admission.Plan
 
-`decided.admit`, `.resuspend` and `.release` are what `admission.plan(policies,
+`decided.admit`, `.resuspend`, `.release` and `.evict` are what `admission.plan(policies,
 jobs, assumed)` returns for the same Jobs, policies and assumed admissions
 (`release` in admission order, where plan() lists it in the order it was given
 the Jobs); tests/unit/test_incremental.py holds both to that after every event
@@ -41,9 +41,12 @@ operations on the keys it touches, whatever the length of the queues; a keyless
 cap that opens costs the groups it must skip, and those move to their own full
 key, not to be looked at again until it opens.
 
+Evictions (ReplaceOldest queues over their bound) read only the keys whose
+waiting Jobs outnumber it, through `admission.overflowing` itself.
+
 The Job views are only read: what a Job is to the decision comes from its
-properties (`finished`, `suspended`, `queued`, `held`, `admitted_at`,
-`queued_at`, `order`) and the limit from `policy.limit_for(key)`, as in plan().
+properties (`finished`, `foreign`, `suspended`, `queued`, `admitted_at`,
+`order`) and the limit from `policy.limit_for(key)`, as in plan().
 
 What costs more: a policy whose selector, key labels or creation time changes
 (or that is added or removed) takes every tracked Job of its namespace out and
@@ -61,7 +64,7 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import Final
 
-from jobgate.core.admission import Key, Plan, PolicyRef
+from jobgate.core.admission import Governance, Key, Plan, PolicyRef, overflowing
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
 from jobgate.core.selectors import matches
@@ -89,7 +92,7 @@ COMPACT_ABOVE = 64
 class Slot:
     """One policy's key: its running Jobs, its limit, and the groups that wait for it to have room."""
 
-    __slots__ = ("count", "groups", "homed", "id", "late", "limit", "policy", "queued", "waiting")
+    __slots__ = ("count", "groups", "homed", "id", "late", "limit", "members", "policy", "queued", "waiting")
 
     def __init__(self, policy: ConcurrencyPolicy, key: Key) -> None:
         self.id: SlotId = ((policy.namespace, policy.name), key)
@@ -102,6 +105,8 @@ class Slot:
         self.waiting: list[GroupEntry] = []  # groups blocked here, by head
         self.homed = 0  # how many groups wait here (the live entries of `waiting`)
         self.groups = 0  # how many groups need this slot: at 0 it is forgotten
+        # Those groups, for a queue that pushes its oldest out (ReplaceOldest): an eviction reads them.
+        self.members: set[Group] | None = set() if policy.spec.replaces_oldest else None
 
     @property
     def full(self) -> bool:
@@ -208,6 +213,7 @@ class IncrementalPlanner:
         self._pending_count = 0
         self._opened: set[Slot] = set()  # slots with room and groups waiting on them
         self._overfull: set[Slot] = set()  # slots over their limit with late Jobs: the backstop's work
+        self._crowded: set[Slot] = set()  # ReplaceOldest queues with more queued Jobs than their bound
         self._releasable: dict[str, JobView] = {}
         self._emptied: list[Group] = []  # groups that lost their last Job: forgotten unless one comes back
         self._tie = itertools.count()
@@ -239,8 +245,9 @@ class IncrementalPlanner:
             and old.spec.selector == policy.spec.selector
             and old.spec.keyLabels == policy.spec.keyLabels
             and old.created == policy.created
+            and old.spec.replaces_oldest == policy.spec.replaces_oldest
         ):
-            # The same Jobs under the same keys: only limits may differ.
+            # The same Jobs under the same keys: only limits (and a queue's bound) may differ.
             self._policies[ref] = policy
             self._by_namespace[policy.namespace] = [
                 policy if p.name == policy.name else p for p in self._by_namespace[policy.namespace]
@@ -276,7 +283,7 @@ class IncrementalPlanner:
 
     def _plan(self, assumed: Collection[str]) -> Plan:
         self._sync_assumed(assumed)
-        if not (self._pending_count or self._opened or self._overfull or self._releasable):
+        if not (self._pending_count or self._opened or self._overfull or self._releasable or self._crowded):
             return Plan()  # most events: a Job arrived behind a full key, or a status changed
         result = Plan()
         extra: dict[Slot, int] = {}  # this pass's admissions per slot
@@ -342,6 +349,8 @@ class IncrementalPlanner:
             heappush(heap, entry)
         for group, job in put_back_jobs:
             heappush(group.queue, job)
+        if self._crowded:
+            result.evict = self._evictions(extra, {job.uid for job in result.admit})
 
         intruders: dict[str, JobView] = {}
         for slot in self._overfull:
@@ -353,6 +362,25 @@ class IncrementalPlanner:
         result.release = sorted(self._releasable.values(), key=_queue_entry)
         result.running = {slot.id: slot.count for slot in looked_at | self._overfull if slot.count}
         return result
+
+    def _evictions(self, admitted_per_slot: dict[Slot, int], admitted: set[str]) -> list[JobView]:
+        """The Jobs that full ReplaceOldest queues push out: `admission.overflowing` over their Jobs alone.
+
+        It evicts only from keys whose waiting Jobs (queued, less this pass's admissions)
+        outnumber their bound, and counts those keys whole: given every waiting Job of
+        those keys, and no other, it decides as it does given all of them.
+        """
+        over = [s for s in self._crowded if s.queued - admitted_per_slot.get(s, 0) > (s.policy.spec.maxQueued or 0)]
+        waiting: dict[str, tuple[JobView, list[Governance]]] = {}
+        for slot in over:
+            assert slot.members is not None
+            for group in slot.members:
+                governors = [Governance(s.policy, s.id[1], ()) for s in group.slots]
+                for entry in group.queue:
+                    uid = entry[4]
+                    if uid not in waiting and uid not in admitted and self._is_live(entry):
+                        waiting[uid] = (self._jobs[uid].view, governors)
+        return overflowing(waiting.values())
 
     def running_count(self, slot: SlotId) -> int:
         """Running Jobs (assumed admissions included) of one policy's key."""
@@ -419,6 +447,8 @@ class IncrementalPlanner:
         for group, size_before in touched.items():
             for slot in group.slots:
                 slot.queued += group.size - size_before
+                if slot.members is not None:
+                    self._refresh(slot)
             heapify(group.queue)
             blocker = _full_slot(group)
             if group.entry is None and blocker is None:
@@ -459,6 +489,8 @@ class IncrementalPlanner:
         else:
             for slot in group.slots:
                 slot.queued += 1
+                if slot.members is not None:
+                    self._refresh(slot)
             heappush(group.queue, entry)
             if len(group.queue) > 2 * group.size + COMPACT_ABOVE:
                 group.queue = [e for e in group.queue if self._is_live(e)]
@@ -483,6 +515,8 @@ class IncrementalPlanner:
             group.size -= 1
             for slot in group.slots:
                 slot.queued -= 1
+                if slot.members is not None:
+                    self._refresh(slot)
             if group.size == 0:
                 self._leave_home(group)
                 group.queue.clear()
@@ -504,14 +538,14 @@ class IncrementalPlanner:
 
     def _classify(self, view: JobView) -> tuple[int, Group | None]:
         """What plan() makes of this Job now, and its group if it runs or queues under a policy."""
-        if view.finished:
-            return IGNORED, None
+        if view.finished or view.foreign is not None:
+            return IGNORED, None  # holds no slot; another controller's Job is never counted nor touched
         running = not view.suspended or view.uid in self._assumed
         if not running and not view.queued:
-            return IGNORED, None  # held
+            return IGNORED, None  # held, or suspended by someone else (no queued mark)
         group = self._group_of(view)
         if group is None:
-            if not running and view.queued_at is not None and view.admitted_at is None:
+            if not running and view.admitted_at is None:
                 return RELEASABLE, None
             return IGNORED, None
         return (RUNNING if running else QUEUED), group
@@ -566,9 +600,13 @@ class IncrementalPlanner:
             slot = keys.get(slot_key)
             if slot is None:  # with the policy as it is now: a selection outlives a change of limits
                 slot = keys[slot_key] = Slot(self._policies[ref], slot_key)
-            slot.groups += 1
             slots.append(slot)
-        return Group(selection, key, tuple(slots))
+        group = Group(selection, key, tuple(slots))
+        for slot in slots:
+            slot.groups += 1
+            if slot.members is not None:
+                slot.members.add(group)
+        return group
 
     def _forget_emptied(self) -> None:
         """Forget the groups that lost their last Job, and slots no group needs: memory follows the Jobs."""
@@ -580,6 +618,8 @@ class IncrementalPlanner:
             del group.selection.groups[group.key]
             for slot in group.slots:
                 slot.groups -= 1
+                if slot.members is not None:
+                    slot.members.discard(group)
                 if slot.groups == 0:
                     ref, key = slot.id
                     del self._slots[ref][key]
@@ -587,6 +627,7 @@ class IncrementalPlanner:
                         del self._slots[ref]
                     self._opened.discard(slot)
                     self._overfull.discard(slot)
+                    self._crowded.discard(slot)
 
     def _is_live(self, entry: QueueEntry) -> bool:
         record = self._jobs.get(entry[4])
@@ -658,6 +699,10 @@ class IncrementalPlanner:
             self._overfull.add(slot)
         else:
             self._overfull.discard(slot)
+        if slot.members is not None and slot.queued > (slot.policy.spec.maxQueued or 0):
+            self._crowded.add(slot)
+        else:
+            self._crowded.discard(slot)
 
     # --- policies -----------------------------------------------------------------------------------
 
