@@ -16,6 +16,7 @@ TITLES = {
     "core": "6. Core: the cost of one decision, up to a million queued Jobs (no cluster)",
     "watches": "7. Watches: thousands of policies, a bounded number of watch connections",
     "kueue": "8. Side by side with Kueue: the refill workload under each gate",
+    "reaction": "9. Reaction: jobgate's own time from a completion seen to the next admission sent (no cluster)",
 }
 ORDER = tuple(TITLES)
 PLOT_SIZE = (7.0, 2.8)

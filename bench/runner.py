@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import environment, report
-from bench.scenarios import Document, burst, ceiling, core, kueue, refill, scale, watches
+from bench.scenarios import Document, burst, ceiling, core, kueue, reaction, refill, scale, watches
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,6 +31,7 @@ SCENARIOS: dict[str, Scenario] = {
     "scale": scale,
     "ceiling": ceiling,
     "core": core,  # no cluster: the decision core alone, up to a million queued Jobs
+    "reaction": reaction,  # no cluster: the whole engine, its API answered from memory
     "watches": watches,
     "kueue": kueue,  # builds Kueue from its Go module on first use (minutes)
 }

@@ -46,6 +46,7 @@ EXPECTED_RESULTS = {
     "core": {"by_queue_length"},
     "watches": {"job_watches_held_by_the_operator", "streams_without_bounds", "admissions_over_limit"},
     "kueue": {"tables", "markdown"},
+    "reaction": {"by_tracked_jobs"},
 }
 PLOTS = ("refill.png", "refill-latency.png", "burst.png", "scale-memory.png", "core-cost-per-event.png")
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
+from jobgate.core import admission
 from jobgate.core.jobs import JobView
+from jobgate.core.policy import ConcurrencyPolicy
 from jobgate.engine.cache import JobCache, PolicyCache
 from tests.support import views
 
@@ -71,3 +74,68 @@ def test_put_reports_the_replaced_view_only_on_change() -> None:
     newer = dataclasses.replace(first, resource_version=2, suspended=False)
     assert cache.put_job(newer) == first
     assert cache.put_job(newer) is None
+
+
+def per_customer(limit: int) -> ConcurrencyPolicy:
+    return views.policy("per-customer", {"app": "export"}, ["customer"], limit)
+
+
+def test_the_planner_a_primed_cache_keeps_decides_as_the_full_plan_over_its_jobs() -> None:
+    """Whatever reaches the cache (events in any order, deletions, LISTs, policy changes),
+    its planner admits exactly what `admission.plan` admits over the cache's Jobs."""
+    rng = random.Random(20261202)
+    for _ in range(300):
+        policies = PolicyCache()
+        cache = JobCache(policies)
+        assumed: set[str] = set()
+        version = 1
+        policies.put_policy(per_customer(1), version)
+        policies.put_policy(views.policy("cap", {"app": "export"}, [], 3), 0)
+        for step in range(40):
+            if step == 5:
+                cache.prime()
+            version += 1
+            uid = f"j{rng.randrange(12)}"
+            customer = rng.choice(["acme", "globex", "initech"])
+            labels = {"app": "export", "customer": customer} if rng.random() < 0.9 else {"customer": customer}
+            match rng.randrange(9):
+                case 0 | 1 | 2:
+                    cache.put_job(
+                        views.job(
+                            uid,
+                            labels,
+                            uid=uid,
+                            rv=version - rng.randrange(3),  # some events arrive late
+                            suspended=rng.random() < 0.7,
+                            finished=rng.random() < 0.1,
+                            created=float(rng.randrange(5)),
+                        )
+                    )
+                case 3:
+                    cache.delete_job(uid, version)
+                case 4:
+                    if uid in cache.jobs:
+                        cache.forget_job(cache.jobs[uid])
+                case 5:
+                    policies.put_policy(per_customer(rng.randrange(3)), version)
+                case 7:
+                    policies.delete_policy((views.NS, "cap"))
+                case 8:
+                    policies.put_policy(views.policy("cap", {"app": "export"}, [], rng.randrange(1, 4)), version)
+                case 6:
+                    if uid in cache.jobs and rng.random() < 0.5:
+                        assumed.add(uid)
+                    else:
+                        assumed.discard(uid)
+            if not cache.primed:
+                continue
+            planner = cache.follow_policies()
+            full = admission.plan(list(policies.policies.values()), list(cache.jobs.values()), assumed)
+            incremental = planner.plan(assumed)
+            assert [j.uid for j in incremental.admit] == [j.uid for j in full.admit]
+            assert {j.uid for j in incremental.resuspend} == {j.uid for j in full.resuspend}
+            assert {j.uid for j in incremental.release} == {j.uid for j in full.release}
+            for ref in policies.policies:
+                tallied = admission.tally(list(policies.policies.values()), cache.jobs.values(), assumed)[ref]
+                assert planner.key_counts(ref) == {k: s.counts for k, s in tallied.items() if s.counts != (0, 0)}
+        cache.close()

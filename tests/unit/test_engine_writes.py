@@ -8,7 +8,7 @@ from typing import Any
 
 from jobgate.core.jobs import JobView
 from jobgate.core.patches import JsonPatch
-from localcluster.manifests import job_manifest
+from localcluster.manifests import job_manifest, policy_manifest
 from tests.support.engines import body, leading_engine, term_of
 
 
@@ -45,7 +45,7 @@ def test_a_refused_admission_is_decided_again_on_the_state_that_arrived_meanwhil
         api = SlowApi()
         engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
-        term_of(engine).jobs.primed = True
+        term_of(engine).jobs.prime()
 
         assert [j.name for j in engine.decide_once(term_of(engine)).admit] == ["j"]
         await settle()
@@ -89,7 +89,7 @@ def test_a_refused_admission_is_decided_again_when_the_newer_state_arrives_after
         api = SlowApi()
         engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
-        term_of(engine).jobs.primed = True
+        term_of(engine).jobs.prime()
         engine.decide_once(term_of(engine))
         await settle()
         await api.answer.put(False)  # refused before the watch brought rv 6
@@ -113,7 +113,7 @@ def test_a_job_said_gone_while_its_admission_is_in_flight_keeps_its_slot() -> No
         api = SlowApi()
         engine = leading_engine(api)
         engine.observe_job(None, job(rv=5))
-        term_of(engine).jobs.primed = True
+        term_of(engine).jobs.prime()
         assert [j.name for j in engine.decide_once(term_of(engine)).admit] == ["j"]
         await settle()
 
@@ -143,10 +143,47 @@ def test_only_a_job_that_waits_is_told_it_is_queued() -> None:
             manifest = body(job_manifest(name, {"app": "a"}), f"uid-{name}", 5)
             manifest["metadata"]["creationTimestamp"] = created
             engine.observe_job("ADDED", manifest)
-        term_of(engine).jobs.primed = True
+        term_of(engine).jobs.prime()
         assert [j.name for j in engine.decide_once(term_of(engine)).admit] == ["first"]
         await settle()
         await engine.close()
         return api.events
 
     assert asyncio.run(scenario()) == [("second", "Queued")]
+
+
+def test_a_job_is_released_only_when_a_fresh_read_of_the_policies_finds_none_that_governs_it() -> None:
+    """Under load, the policy watch lagged behind a new policy with maxConcurrent 0: its first Job was
+    released (unsuspended) as if no policy governed it. A release now waits for a LIST of the policies."""
+
+    class LaggingPolicyWatch(SlowApi):
+        def __init__(self) -> None:
+            super().__init__()
+            self.policies: list[dict[str, Any]] = []
+
+        async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]:
+            return list(self.policies), 50
+
+    async def scenario() -> None:
+        api = LaggingPolicyWatch()
+        engine = leading_engine(api)
+        paused = body(policy_manifest("paused", {"app": "new"}, [], 0), "paused-uid", 10)
+        api.policies = [paused]  # created first; this replica's watch has not brought it yet
+        queued = body(job_manifest("first", {"app": "new"}), "first-uid", 20)
+        engine.observe_job("ADDED", queued)  # through the watch of the Jobs jobgate queued
+        term_of(engine).jobs.prime()
+
+        assert [j.name for j in engine.decide_once(term_of(engine)).release] == ["first"]
+        await settle()
+        assert api.patched == [], "released while a policy governs it"
+        assert engine.decide_once(term_of(engine)).release == []  # the read brought the policy
+
+        api.policies = []  # the policy is deleted: now the release goes out
+        engine.observe_policy("DELETED", paused)
+        assert [j.name for j in engine.decide_once(term_of(engine)).release] == ["first"]
+        await settle()
+        assert len(api.patched) == 1
+        await api.answer.put(True)
+        await engine.close()
+
+    asyncio.run(scenario())

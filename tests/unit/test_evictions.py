@@ -47,7 +47,7 @@ def engine_with_full_queue(api: DeletingApi) -> Engine:
     engine.observe_policy(None, body(manifest, "policy-uid", 1))
     for name, second in (("old", 1), ("older", 0), ("new", 2)):
         engine.observe_job(None, queued(name, second))
-    term_of(engine).jobs.primed = True
+    term_of(engine).jobs.prime()
     return engine
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobgate.core import incremental
-from jobgate.core.admission import Plan, plan
+from jobgate.core.admission import Plan, plan, tally
 from jobgate.core.incremental import IncrementalPlanner
 from jobgate.core.jobs import QUEUED_LABEL, JobView
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement, PolicySpec
@@ -187,6 +187,12 @@ class History:
             assert expected.running.get(slot, 0) == count
         for slot, count in expected.running.items():
             assert self.planner.running_count(slot) == count
+        # What the status writer reads: (running, queued) per key, and the longest wait, per policy.
+        tallied = tally(list(self.policies.values()), self.jobs.values(), self.assumed)
+        for ref, keys in tallied.items():
+            assert self.planner.key_counts(ref) == {key: s.counts for key, s in keys.items() if s.counts != (0, 0)}
+            oldest = min((j.queued_since for s in keys.values() for j in s.queued), default=None)
+            assert self.planner.oldest_queued_since(ref) == oldest
         self.last = expected
 
     def assume(self) -> None:

@@ -64,7 +64,7 @@ def queued_in_one_slot(api: LossyApi, clock: Clock, *names: str) -> Engine:
     engine = leading_engine(api, EngineSettings(landing_seconds=LANDING), monotonic=clock)
     for rv, name in enumerate(names, start=10):
         engine.observe_job(None, api.add(name, rv))
-    term_of(engine).jobs.primed = True
+    term_of(engine).jobs.prime()
     return engine
 
 

@@ -9,7 +9,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobgate.core import admission
-from jobgate.telemetry.metrics import Metrics
+from jobgate.core.incremental import IncrementalPlanner
+from jobgate.telemetry.metrics import Metrics, policy_queue
 from tests.support.views import job, policy
 
 EXPORTS = policy("exports", {"app": "export"}, ["customer"], 1)
@@ -39,8 +40,9 @@ def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 def fed(clock: Clock) -> Metrics:
     metrics = Metrics(clock=clock)
-    states = admission.tally([EXPORTS], JOBS)
-    metrics.set_jobs(EXPORTS, states[admission.policy_ref(EXPORTS)])
+    planner = IncrementalPlanner([EXPORTS], JOBS)
+    ref = admission.policy_ref(EXPORTS)
+    metrics.set_jobs(EXPORTS, policy_queue(EXPORTS, planner.key_counts(ref), planner.oldest_queued_since(ref)))
     return metrics
 
 

@@ -48,8 +48,7 @@ def human_duration(seconds: float) -> str:
 
 def waited(job: JobView, now: float) -> float:
     """Seconds since the Job was queued (jobgate.dev/queued-at, else creationTimestamp); never negative."""
-    since = job.queued_at if job.queued_at is not None else job.created
-    return max(0.0, now - since)
+    return max(0.0, now - job.queued_since)
 
 
 class _Decision:
@@ -288,7 +287,7 @@ def status_report(
     summaries = []
     for policy in sorted(policies if only is None else only, key=admission.policy_ref):
         keys = decision.keys(policy)
-        active = admission.busiest_first(keys)
+        active = [(key, keys[key]) for key, _ in admission.busiest_first({k: s.counts for k, s in keys.items()})]
         shown = active if limit <= 0 else active[:limit]
         summaries.append(
             PolicySummary(

@@ -19,6 +19,7 @@ from jobgate.core.selectors import matches
 
 Key = tuple[str, ...]
 PolicyRef = tuple[str, str]  # (namespace, name)
+KeyCounts = tuple[int, int]  # (running, queued) of one key
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +115,18 @@ class KeyState:
     queued: list[JobView] = field(default_factory=list)  # in admission order once tallied
     held: list[JobView] = field(default_factory=list)  # on hold, or suspended by someone else
 
+    @property
+    def counts(self) -> KeyCounts:
+        return (len(self.running), len(self.queued))
 
-def busiest_first(keys: Mapping[Key, KeyState]) -> list[tuple[Key, KeyState]]:
+
+def busiest_first(keys: Mapping[Key, KeyCounts]) -> list[tuple[Key, KeyCounts]]:
     """The keys with running or queued Jobs, most queued first, then most running, then by key.
 
     The order of the policy's status.busiestKeys and of `kubectl jobgate status`.
     """
-    active = ((key, state) for key, state in keys.items() if state.running or state.queued)
-    return sorted(active, key=lambda kv: (-len(kv[1].queued), -len(kv[1].running), kv[0]))
+    active = ((key, counts) for key, counts in keys.items() if counts[0] or counts[1])
+    return sorted(active, key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
 
 
 def is_running(job: JobView, assumed: Collection[str]) -> bool:

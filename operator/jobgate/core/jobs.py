@@ -70,6 +70,11 @@ class JobView:
         """Waits for jobgate: suspended by jobgate (or for it, by its owner), not finished, not on hold."""
         return self.suspended and not self.finished and not self.held and self.marked and self.foreign is None
 
+    @property
+    def queued_since(self) -> float:
+        """When it was queued: jobgate.dev/queued-at, else its creationTimestamp."""
+        return self.queued_at if self.queued_at is not None else self.created
+
     def mark(self, name: str) -> str | None:
         return next((text for key, text in self.marks if key == name), None)
 

@@ -8,10 +8,12 @@ while no watch was running — a new watch replays nothing of the dead.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from jobgate.core.admission import PolicyIndex, PolicyRef
+from jobgate.core.incremental import IncrementalPlanner
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy, Condition
 
@@ -25,6 +27,7 @@ class PolicyCache:
     # Set once policies were listed: only then may the webhook answer.
     primed: bool = False
     _policy_index: PolicyIndex | None = None  # rebuilt on first use after any policy change
+    version: int = 0  # counts the changes to the policies: a term's planner follows them when it moved
     # Called after each change to the policies (the webhook's matchConditions follow them).
     listeners: list[Callable[[], None]] = field(default_factory=list)
     # More conditions for a policy's status, from outside the engine (the webhook's scope). Here, not
@@ -62,6 +65,7 @@ class PolicyCache:
 
     def _policies_changed(self) -> None:
         self._policy_index = None
+        self.version += 1
         for listener in self.listeners:
             listener()
 
@@ -82,7 +86,12 @@ class PolicyCache:
 
 @dataclass
 class JobCache:
-    """The Jobs one leadership term knows, as small views: made empty when a term begins, dropped when it ends."""
+    """The Jobs one leadership term knows, as small views: made empty when a term begins, dropped when it ends.
+
+    Once primed, every change to `jobs` is also a change to `planner`, which keeps the
+    decision state (running and queued per key) up to date event by event: a decision
+    costs what changed, not the number of Jobs tracked.
+    """
 
     policies: PolicyCache
     jobs: dict[str, JobView] = field(default_factory=dict)  # by uid
@@ -90,6 +99,43 @@ class JobCache:
     deleted_jobs: dict[str, int] = field(default_factory=dict)
     # Set once every stream was listed: only then may decisions (and releases) be made.
     primed: bool = False
+    planner: IncrementalPlanner = field(default_factory=IncrementalPlanner)  # the same Jobs, once primed
+    # Jobs stored since the last decision pass took them: their Queued event or warning may be due.
+    touched: set[str] = field(default_factory=set)
+    _planned_version: int = -1  # the PolicyCache.version that `planner` follows
+
+    def prime(self) -> None:
+        """Every stream was listed: build the planner from the Jobs in one go, and decide from now on.
+
+        The objects it makes live as long as the term: `gc.freeze()` keeps the collector's
+        full passes from walking them over and over (at 100,000 Jobs each such pass held the
+        loop for tens of milliseconds); `close()` hands them back.
+        """
+        self.planner = IncrementalPlanner(self.policies.policies.values(), self.jobs.values())
+        self._planned_version = self.policies.version
+        self.touched.update(self.jobs)
+        self.primed = True
+        gc.freeze()
+
+    def close(self) -> None:
+        """The term ended: what `prime` froze may be collected again."""
+        if self.primed:
+            gc.unfreeze()
+            self.primed = False
+
+    def follow_policies(self) -> IncrementalPlanner:
+        """The planner, with the policies as they are now; if they changed, every Job is looked at anew."""
+        if self._planned_version != self.policies.version:
+            self._planned_version = self.policies.version
+            if self.planner.follow_policies(self.policies.policies):
+                self.touched.update(self.jobs)
+        return self.planner
+
+    def take_touched(self) -> list[JobView]:
+        """The Jobs stored since the last call that are still here."""
+        touched = [self.jobs[uid] for uid in self.touched if uid in self.jobs]
+        self.touched.clear()
+        return touched
 
     def put_job(self, view: JobView) -> JobView | None:
         """Store the view unless something newer is known; return the view it replaced, if it changed."""
@@ -102,6 +148,9 @@ class JobCache:
         if old is not None and old.resource_version >= view.resource_version:
             return None
         self.jobs[view.uid] = view
+        if self.primed:
+            self.planner.upsert_job(view)
+        self.touched.add(view.uid)
         return old if old is not None else view
 
     def delete_job(self, uid: str, resource_version: int) -> JobView | None:
@@ -114,19 +163,20 @@ class JobCache:
         if old is not None and old.resource_version >= resource_version:
             return None
         self.deleted_jobs[uid] = max(resource_version, self.deleted_jobs.get(uid, 0))
-        self._forget_governance(uid)
-        return self.jobs.pop(uid, None)
+        return self._drop(uid)
 
     def forget_job(self, view: JobView) -> JobView | None:
         """Drop a Job that stopped mattering (no policy governs it), unless we know a newer state."""
         old = self.jobs.get(view.uid)
         if old is None or old.resource_version > view.resource_version:
             return None
-        self._forget_governance(view.uid)
-        return self.jobs.pop(view.uid)
+        return self._drop(view.uid)
 
-    def _forget_governance(self, uid: str) -> None:
+    def _drop(self, uid: str) -> JobView | None:
         self.policies.forget_governance(uid)
+        if self.primed:
+            self.planner.remove_job(uid)
+        return self.jobs.pop(uid, None)
 
     def apply_list(
         self,

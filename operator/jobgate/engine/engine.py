@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jobgate.core import admission, patches
+from jobgate.core.incremental import IncrementalPlanner
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy
 from jobgate.engine import evictions, watches
@@ -123,6 +124,8 @@ class Engine:
         self._write_limit = asyncio.Semaphore(settings.write_concurrency)
         self._event_limit = asyncio.Semaphore(settings.event_concurrency)
         self._writes_settle_at = float("-inf")  # monotonic: every write sent so far has landed, or never will
+        # Per namespace: the last policy LIST sent for a release (monotonic send time, and the read itself).
+        self._policy_reads: dict[str, tuple[float, asyncio.Future[None]]] = {}
 
     @property
     def leading(self) -> bool:
@@ -311,10 +314,24 @@ class Engine:
 
     async def sync_policies(self) -> None:
         for namespace in self._scopes():
-            bodies, version = await self.api.list_policies(namespace)
-            parsed = [(ConcurrencyPolicy.from_body(b), int(b["metadata"].get("resourceVersion") or 0)) for b in bodies]
-            self.policies.replace_policies(parsed, version, namespace)
+            await self._read_policies(namespace)
         self.policies.primed = True
+
+    async def _read_policies(self, namespace: str | None) -> None:
+        bodies, version = await self.api.list_policies(namespace)
+        parsed = [(ConcurrencyPolicy.from_body(b), int(b["metadata"].get("resourceVersion") or 0)) for b in bodies]
+        self.policies.replace_policies(parsed, version, namespace)
+
+    async def _policies_read_after(self, namespace: str, after: float) -> None:
+        """The namespace's policies, re-read by a LIST sent no earlier than `after` (monotonic).
+
+        Callers that may share a read do: a pass that releases a thousand Jobs sends one LIST.
+        """
+        read = self._policy_reads.get(namespace)
+        if read is None or read[0] < after or (read[1].done() and read[1].exception() is not None):
+            read = (self.monotonic(), asyncio.ensure_future(self._read_policies(namespace)))
+            self._policy_reads[namespace] = read
+        await asyncio.shield(read[1])
 
     async def sync(self, term: Term, announce: bool = True) -> None:
         """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps."""
@@ -327,7 +344,8 @@ class Engine:
             self.announced.update(
                 uid for uid, job in term.jobs.jobs.items() if job.suspended and job.created < int(self.started)
             )
-        term.jobs.primed = True
+        if not term.jobs.primed:
+            term.jobs.prime()
         self.changed()
 
     async def _follow_streams(self, term: Term, relist: bool = False) -> None:
@@ -416,20 +434,24 @@ class Engine:
             await term.status.write(term.jobs, term.assumed, self.metrics)
 
     def decide_once(self, term: Term, triggered_at: float | None = None) -> admission.Plan:
+        """What `admission.plan` decides for the term's Jobs, through the term's incremental planner.
+
+        The planner is told every change as it comes (JobCache), so a pass costs what
+        changed since the last one, not the number of Jobs tracked.
+        """
         if not term.jobs.primed or term.ended:
             return admission.Plan()
-        policies = list(self.policies.policies.values())
-        jobs = list(term.jobs.jobs.values())
-        plan = admission.plan(policies, jobs, term.assumed, self.policies.policy_index)
+        planner = term.jobs.follow_policies()
+        plan = planner.plan(term.assumed)
         log.debug(
             "decided on %d Job(s), %d policies: admit %d, resuspend %d, release %d",
-            len(jobs),
-            len(policies),
+            len(term.jobs.jobs),
+            len(self.policies.policies),
             len(plan.admit),
             len(plan.resuspend),
             len(plan.release),
         )
-        self._announce(term, jobs, plan)
+        self._announce(term, planner, plan)
         if plan.admit or plan.resuspend or plan.release:
             term.status.mark_dirty()
         for job in plan.admit:
@@ -442,9 +464,10 @@ class Engine:
         for job in plan.resuspend:
             if job.uid not in term.writing:
                 self._write(term, job, self._resuspend(term, job))
+        decided_at = self.monotonic()
         for job in plan.release:
             if job.uid not in term.writing:
-                self._write(term, job, self._release(term, job))
+                self._write(term, job, self._release(term, job, decided_at))
         for job in plan.evict:  # full ReplaceOldest queues: see evictions.py
             if job.uid not in term.writing:
                 govs = self.policies.policy_index.governance_of(job)
@@ -545,7 +568,7 @@ class Engine:
     def _admitted(self, job: JobView, now: float, triggered_at: float | None) -> None:
         """Count an admission that landed, and say so on the Job."""
         govs = self.policies.policy_index.governance(job)
-        queued_since = job.queued_at or job.created
+        queued_since = job.queued_since
         for gov in govs:
             self.metrics.admitted(gov.policy, waited=max(0.0, now - queued_since))
         if triggered_at is not None:
@@ -570,7 +593,23 @@ class Engine:
                 "had no free slot; it is queued now",
             )
 
-    async def _release(self, term: Term, job: JobView) -> None:
+    async def _release(self, term: Term, job: JobView, decided_at: float) -> None:
+        """Unsuspend a Job jobgate queued that no policy governs any more, once a fresh read says so.
+
+        The policy watch of this replica may lag behind a policy created just before the
+        Job: under load, a Job was released under a policy with maxConcurrent 0 that the
+        watch had not brought yet. A LIST sent after the Job was seen holds every policy
+        that existed when it was created (the webhook, or its author, saw that policy first).
+        """
+        try:
+            await self._policies_read_after(job.namespace, decided_at)
+        except Exception as e:
+            log.warning("reading the policies of %s before a release failed: %s", job.namespace, e)
+            self._retry_later()
+            return
+        if self.policies.policy_index.governance(job):
+            self.changed()  # governed after all: decided again with the policy the read brought
+            return
         try:
             done = await self._patch(term, job, patches.release(job))
         except Exception as e:
@@ -606,18 +645,20 @@ class Engine:
 
     # --- events -----------------------------------------------------------------------------------
 
-    def _announce(self, term: Term, jobs: list[JobView], plan: admission.Plan) -> None:
+    def _announce(self, term: Term, planner: IncrementalPlanner, plan: admission.Plan) -> None:
         """Queued events and warnings, once per Job, on its first pass as queued (or as ignored).
 
-        A Job this very pass admits never waited: it gets its warnings, and no Queued event
-        (in a burst, that is one write less per key for an API server that is the bottleneck).
+        Only the Jobs stored since the last pass are looked at. A Job this very pass admits
+        never waited: it gets its warnings, and no Queued event (in a burst, that is one write
+        less per key for an API server that is the bottleneck). The running counts are those
+        the pass started from.
         """
+        jobs = term.jobs.take_touched()
         self._warn_ignored(jobs)
         fresh = [j for j in jobs if j.queued and j.uid not in self.announced and j.uid not in term.assumed]
         if not fresh:
             return
         index = self.policies.policy_index
-        running = plan.running
         admitted_now = {job.uid for job in plan.admit}
         for job in fresh:
             govs = index.governance_of(job)
@@ -628,7 +669,7 @@ class Engine:
             for gov in govs:
                 parts.append(
                     f"policy {gov.policy.name} key {gov.key_text} "
-                    f"({running.get(gov.slot, 0)}/{gov.policy.limit_for(gov.key)} running)"
+                    f"({planner.running_count(gov.slot)}/{gov.policy.limit_for(gov.key)} running)"
                 )
                 if gov.missing_labels:
                     self._post(

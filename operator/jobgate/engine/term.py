@@ -62,6 +62,7 @@ class Term:
 
     async def end(self) -> None:
         self.ended = True
+        self.jobs.close()
         while self.tasks:
             pending = list(self.tasks)
             for task in pending:

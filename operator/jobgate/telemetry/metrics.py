@@ -44,21 +44,17 @@ class PolicyQueue:
     oldest_queued_since: float | None  # epoch seconds: queued-at (else creation) of the longest-waiting queued Job
 
 
-def policy_queue(policy: ConcurrencyPolicy, keys: Mapping[admission.Key, admission.KeyState]) -> PolicyQueue:
-    """The per-policy figures from the tally of its keys (``admission.tally``)."""
-    with_free_slot = 0
-    oldest: float | None = None
-    for key, state in keys.items():
-        free = max(0, policy.limit_for(key) - len(state.running))
-        with_free_slot += min(free, len(state.queued))
-        for job in state.queued:
-            since = job.queued_at if job.queued_at is not None else job.created
-            oldest = since if oldest is None else min(oldest, since)
+def policy_queue(
+    policy: ConcurrencyPolicy, counts: Mapping[admission.Key, admission.KeyCounts], oldest_queued_since: float | None
+) -> PolicyQueue:
+    """The per-policy figures from its (running, queued) per key, and when its longest-waiting Job was queued."""
     return PolicyQueue(
-        running=sum(len(s.running) for s in keys.values()),
-        queued=sum(len(s.queued) for s in keys.values()),
-        with_free_slot=with_free_slot,
-        oldest_queued_since=oldest,
+        running=sum(running for running, _ in counts.values()),
+        queued=sum(queued for _, queued in counts.values()),
+        with_free_slot=sum(
+            min(max(0, policy.limit_for(key) - running), queued) for key, (running, queued) in counts.items()
+        ),
+        oldest_queued_since=oldest_queued_since,
     )
 
 
@@ -131,9 +127,8 @@ class Metrics:
     def evicted(self, policy: ConcurrencyPolicy) -> None:
         self.evictions.labels(policy.namespace, policy.name).inc()
 
-    def set_jobs(self, policy: ConcurrencyPolicy, keys: Mapping[admission.Key, admission.KeyState]) -> None:
-        """The policy's figures from the tally of its keys; its oldest queued Job's age counts at each scrape."""
-        queue = policy_queue(policy, keys)
+    def set_jobs(self, policy: ConcurrencyPolicy, queue: PolicyQueue) -> None:
+        """The policy's figures (`policy_queue`); its oldest queued Job's age counts at each scrape."""
         self._queues[(policy.namespace, policy.name)] = queue
         self.jobs.labels(policy.namespace, policy.name, "running").set(queue.running)
         self.jobs.labels(policy.namespace, policy.name, "queued").set(queue.queued)
