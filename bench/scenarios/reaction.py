@@ -150,10 +150,11 @@ async def measure(tracked: int, completions: int, interval: float, rnd: random.R
     primed_seconds = time.perf_counter() - started
     reactions: list[float] = []
     cpu_started = time.process_time()
-    keys = [key for key, queued in api.queued.items() if queued]
+    keys = [key for key, queued in api.queued.items() if queued]  # those with a Job left to admit
     for _ in range(completions):
-        key = rnd.choice([k for k in keys if api.queued[k]] or keys)
-        if not api.queued[key]:
+        while keys and not api.queued[key := keys[rnd.randrange(len(keys))]]:
+            keys.remove(key)
+        if not keys:
             break
         api.complete(api.running[key].pop(rnd.randrange(len(api.running[key]))))
         _, uid = sent = await api.patched.get()
