@@ -84,7 +84,7 @@ class LabelSelector(_Model):
 
     matchLabels: dict[str, str] | None = Field(
         default=None,
-        description="Labels that a Job must carry with exactly these values.",
+        description="Labels that must be present with exactly these values.",
         max_length=64,
         json_schema_extra={
             "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
