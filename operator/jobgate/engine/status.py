@@ -91,7 +91,8 @@ def with_conditions(
 def shapes_note(policy: ConcurrencyPolicy) -> str:
     """What spec.limits and spec.maxQueued add to the Ready message: ", 2 key(s) with their own limit; ..."""
     spec = policy.spec
-    note = f", {len(spec.limits)} key(s) with their own limit" if spec.limits else ""
+    note = " across the namespaces namespaceSelector selects" if policy.cluster_scoped else ""
+    note += f", {len(spec.limits)} key(s) with their own limit" if spec.limits else ""
     if spec.maxQueued is not None:
         note += f"; at most {spec.maxQueued} queued per key (overflow: {spec.queue_overflow})"
     return note

@@ -1,0 +1,325 @@
+"""ClusterConcurrencyPolicies on the real local control plane (issue 12, item 3): keys that span namespaces.
+
+The operator runs with `--cluster-policies` over three namespaces of this test
+(`-n` each: the namespaces of other tests stay their own operators'). An
+independent watch of the Jobs of those three namespaces checks at every event
+that no admission took a key over its limit, counting a key's Jobs across the
+namespaces as the policy does, with the Namespaces' labels as the test set them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import kubernetes.client
+import pytest
+from kubernetes.client import ApiException
+
+from jobgate.core.policy import CLUSTER_KIND, CLUSTER_PLURAL, GROUP, NAMESPACE_KEY, VERSION, ConcurrencyPolicy
+from localcluster.access import ClusterAccess
+from localcluster.jobwatch import JobWatch
+from localcluster.manifests import job_manifest, policy_manifest
+from localcluster.operator_process import REPO
+from tests.support.scenario import Scenario, assert_never_over_admitted
+from tests.support.waiting import poll_until
+from tests.test_webhook import Webhook, _configured_webhook, _remove
+from tests.test_webhook_scope import Unanswered
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLE = REPO / "examples" / "three-jobs-per-team-across-namespaces.yaml"
+TEAM = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
+
+
+@dataclass
+class Tenants:
+    """Three namespaces (the scenario's first), an independent watch over them, and cluster policies to clean up."""
+
+    scenario: Scenario
+    others: list[str]
+    watch: JobWatch
+    created: list[str] = field(default_factory=list)  # cluster policies: deleted at the end
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.scenario.namespace, *self.others]
+
+    @property
+    def tag(self) -> dict[str, str]:
+        """A Namespace label only this test's namespaces carry, for its cluster policies to select."""
+        return {"tenant-of": self.scenario.namespace}
+
+    def start_operator(self, *extra: str) -> None:
+        self.scenario.start_operator("--cluster-policies", *extra, namespaces=self.others)
+
+    def label(self, namespace: str, labels: dict[str, str | None]) -> None:
+        """Set (or with None remove) labels of a Namespace, telling the independent watch first."""
+        current = dict(self.watch.namespace_labels.get(namespace, {}))
+        for key, value in labels.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        self.watch.relabel(namespace, current)
+        self.scenario.core.patch_namespace(namespace, {"metadata": {"labels": labels}})
+
+    def cluster_policy(self, name: str, match: dict[str, Any], keys: list[str], limit: int, **spec: Any) -> str:
+        manifest = policy_manifest(name, {}, keys, limit, **spec)
+        manifest["kind"] = CLUSTER_KIND
+        manifest["spec"]["selector"] = match
+        manifest["spec"].setdefault("namespaceSelector", {"matchLabels": self.tag})
+        self.created.append(name)
+        self.scenario.custom.create_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, manifest)
+        self.governed(name)
+        return name
+
+    def governed(self, name: str) -> ConcurrencyPolicy:
+        body = self.scenario.custom.get_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, name)
+        model = ConcurrencyPolicy.from_body(body)
+        self.watch.govern(model)
+        return model
+
+    def job(self, namespace: str, name: str, labels: dict[str, str], **kwargs: Any) -> Any:
+        return self.scenario.batch.create_namespaced_job(namespace, job_manifest(name, labels, **kwargs))
+
+    def status(self, name: str) -> dict[str, Any]:
+        body = self.scenario.custom.get_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, name)
+        status: dict[str, Any] = body.get("status") or {}
+        return status
+
+    def wait_status(self, name: str, check: Any, what: str) -> dict[str, Any]:
+        seen: list[dict[str, Any]] = [{}]
+
+        def matches() -> dict[str, Any] | None:
+            seen[0] = self.status(name)
+            return seen[0] if seen[0] and check(seen[0]) else None
+
+        try:
+            found: dict[str, Any] = poll_until(matches, what, timeout=30)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; last status: {seen[0]}") from None
+        return found
+
+    def wait_synced(self, name: str) -> None:
+        """Until the leader has listed the Jobs: it writes the policy's status only after that."""
+        self.wait_status(name, lambda s: bool(s.get("conditions")), f"the leader writing {name}'s status")
+
+    def event(self, namespace: str, job: str, reason: str) -> str:
+        def found() -> str:
+            listed = self.scenario.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={job}")
+            return next((e.message for e in listed.items if e.reason == reason), "")
+
+        message: str = poll_until(found, f"a {reason} event on {namespace}/{job}")
+        return message
+
+    def running(self, name: str) -> bool:
+        namespace, _, job = name.partition("/")
+        return not self.scenario.batch.read_namespaced_job(job, namespace).spec.suspend
+
+
+@pytest.fixture
+def tenants(cluster: ClusterAccess, scenario: Scenario) -> Iterator[Tenants]:
+    others = [cluster.create_namespace("tenant") for _ in range(2)]
+    namespaces = [scenario.namespace, *others]
+    labels = {n: dict(scenario.core.read_namespace(n).metadata.labels or {}) for n in namespaces}
+    watch = JobWatch(scenario.api, None, among=namespaces, namespaces=labels)
+    watch.__enter__()
+    tenants = Tenants(scenario, others, watch)
+    try:
+        yield tenants
+    finally:
+        watch.__exit__()
+        for name in tenants.created:  # cluster-scoped: nothing else deletes them
+            try:
+                scenario.custom.delete_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        for name in others:
+            cluster.delete_namespace(name)
+
+
+def peaks(watch: JobWatch, policy: str) -> dict[tuple[str, ...], int]:
+    return {key: peak for (name, key), peak in watch.peak.items() if name == policy}
+
+
+# --- the example ------------------------------------------------------------------------------------
+
+
+def test_three_jobs_per_team_run_at_once_across_namespaces(tenants: Tenants) -> None:
+    for namespace in tenants.namespaces:
+        tenants.label(namespace, {"tenant": "true"})
+    tenants.start_operator()
+    tenants.scenario.cluster.kubectl("apply", "-f", str(EXAMPLE))  # cluster-scoped: no -n
+    name = EXAMPLE.stem
+    tenants.created.append(name)
+    tenants.governed(name)
+    tenants.wait_synced(name)
+    # 4 Jobs per team in each of the 3 namespaces: 12 per team, 2 s each.
+    for namespace in tenants.namespaces:
+        for team in ("red", "blue"):
+            for i in range(4):
+                tenants.job(namespace, f"{team}-{i}", {"team": team}, runs_for="2s")
+    tenants.watch.wait_for(lambda w: w.all_finished(24), "the 24 Jobs finishing", timeout=240)
+    assert_never_over_admitted(tenants.watch)
+    # Three at once per team in all three namespaces together, never three per namespace.
+    assert peaks(tenants.watch, name) == {("red",): 3, ("blue",): 3}
+
+    # While red's slots are full, its status says so, in all namespaces together.
+    for namespace in tenants.namespaces[:2]:
+        for i in range(2):
+            tenants.job(namespace, f"long-red-{i}", {"team": "red"}, runs_for="600s")
+    tenants.watch.wait_for(lambda w: len(w.running()) == 3, "three long red Jobs running")
+    red = {"key": {"team": "red"}, "running": 3, "queued": 1}
+    status = tenants.wait_status(name, lambda s: s.get("busiestKeys") == [red], "red at 3/3, one queued")
+    assert (status["running"], status["queued"], status["keys"]) == (3, 1, 1)
+    assert status["conditions"][0]["message"] == (
+        "admitting up to 3 Job(s) per key across the namespaces namespaceSelector selects"
+    )
+    table = tenants.scenario.cluster.kubectl("get", "cconpol", name)
+    print(f"$ kubectl get cconpol {name}\n{table}")
+    header, row = table.splitlines()
+    assert header.split() == ["NAME", "KEY", "LABELS", "MAX", "RUNNING", "QUEUED", "AGE"]
+    assert row.split()[:5] == [name, '["team"]', "3", "3", "1"]
+    assert_never_over_admitted(tenants.watch)
+
+
+# --- the namespace as a key part, and composition ----------------------------------------------------
+
+
+def test_the_namespace_as_a_key_part_gives_each_namespace_its_own_slots(tenants: Tenants) -> None:
+    for namespace in tenants.namespaces:
+        tenants.label(namespace, tenants.tag)
+    tenants.start_operator()
+    name = tenants.cluster_policy(f"per-team-and-ns-{tenants.scenario.namespace}", TEAM, ["team", NAMESPACE_KEY], 1)
+    tenants.wait_synced(name)
+    at_once = [0]
+    tenants.watch.listeners.append(lambda *_: at_once.__setitem__(0, max(at_once[0], len(tenants.watch.running()))))
+    for namespace in tenants.namespaces:
+        for i in range(3):
+            tenants.job(namespace, f"red-{i}", {"team": "red"}, runs_for="2s")
+    tenants.watch.wait_for(lambda w: w.all_finished(9), "the 9 Jobs finishing", timeout=180)
+    assert_never_over_admitted(tenants.watch)
+    assert peaks(tenants.watch, name) == {("red", namespace): 1 for namespace in tenants.namespaces}
+    assert at_once[0] >= 2  # the namespaces' red Jobs ran side by side
+
+
+def test_a_job_needs_a_slot_in_the_cluster_policy_and_in_its_namespaces_policy(tenants: Tenants) -> None:
+    for namespace in tenants.namespaces:
+        tenants.label(namespace, tenants.tag)
+    tenants.start_operator()
+    cluster_wide = tenants.cluster_policy(f"two-per-team-{tenants.scenario.namespace}", TEAM, ["team"], 2)
+    # In the first namespace, one Job at a time, whatever the team.
+    tenants.scenario.custom.create_namespaced_custom_object(
+        GROUP, VERSION, tenants.scenario.namespace, "concurrencypolicies", policy_manifest("one-here", {}, [], 1)
+    )
+    body = tenants.scenario.custom.get_namespaced_custom_object(
+        GROUP, VERSION, tenants.scenario.namespace, "concurrencypolicies", "one-here"
+    )
+    tenants.watch.govern(ConcurrencyPolicy.from_body(body))
+    tenants.wait_synced(cluster_wide)
+    for namespace in tenants.namespaces[:2]:
+        for i in range(4):
+            tenants.job(namespace, f"red-{i}", {"team": "red"}, runs_for="2s")
+    tenants.watch.wait_for(lambda w: w.all_finished(8), "the 8 Jobs finishing", timeout=180)
+    assert_never_over_admitted(tenants.watch)
+    assert peaks(tenants.watch, cluster_wide) == {("red",): 2}
+    assert peaks(tenants.watch, "one-here") == {(): 1}
+
+
+# --- the webhook, Reject queues and relabeled namespaces ---------------------------------------------
+
+
+@pytest.fixture
+def tenant_webhook(cluster: ClusterAccess, tenants: Tenants) -> Iterator[Webhook]:
+    if not cluster.webhooks_on_loopback:
+        pytest.skip("this cluster's API server cannot call a webhook on this machine's 127.0.0.1")
+    certificate, ca_bundle = cluster.webhook_certificate()
+    cert, key = tenants.scenario.tmp_path / "webhook.crt", tenants.scenario.tmp_path / "webhook.key"
+    certificate.write(cert, key)
+    tls = ["--webhook-cert", str(cert), "--webhook-key", str(key)]
+    webhook = _configured_webhook(
+        cluster, tenants.scenario, ca_bundle, tls, namespaces=tenants.others, extra=["--cluster-policies"]
+    )
+    try:
+        yield webhook
+    finally:
+        _remove(webhook)
+
+
+def refusal(tenants: Tenants, namespace: str, labels: dict[str, str], *, dry_run: bool = False) -> str:
+    """The webhook's refusal of a new Job, or "" when it was created."""
+    try:
+        tenants.scenario.batch.create_namespaced_job(
+            namespace,
+            job_manifest("probe" if dry_run else f"new-{len(tenants.watch.jobs)}", labels, suspend=False),
+            **({"dry_run": "All"} if dry_run else {}),
+        )
+    except ApiException as e:
+        return str(json.loads(e.body)["message"]) if e.status == 403 else ""
+    return ""
+
+
+def test_relabeling_a_namespace_moves_its_jobs_in_and_out_of_a_cluster_policy(
+    tenants: Tenants, tenant_webhook: Webhook
+) -> None:
+    first, second, third = tenants.namespaces
+    for namespace in (first, second):
+        tenants.label(namespace, tenants.tag)
+    name = tenants.cluster_policy(f"one-per-team-{first}", TEAM, ["team"], 1, maxQueued=1, overflow="Reject")
+    tenants.wait_synced(name)
+    red = {"team": "red"}
+    tenants.scenario.wait_webhook(red)
+    # The webhook suspends a red Job of either selected namespace; the first runs, the second waits.
+    tenants.job(first, "red-a", red, suspend=False, runs_for="600s")
+    tenants.watch.wait_for(lambda w: f"{first}/red-a" in w.running(), "red-a admitted")
+    tenants.job(second, "red-b", red, suspend=False, runs_for="600s")
+    tenants.watch.wait_for(lambda w: w.jobs.get(f"{second}/red-b") is not None, "red-b created")
+    assert not tenants.running(f"{second}/red-b")
+    # The queue of red, over both namespaces, is full: a third red Job is refused, wherever it comes from.
+    message = refusal(tenants, first, red)
+    assert message.startswith(
+        f'admission webhook "suspend-governed-jobs.jobgate.dev" denied the request: jobgate: the queue of '
+        f"ClusterConcurrencyPolicy {name} for team=red is full (1/1 queued, 1/1 running; overflow: Reject)"
+    ), message
+    # The third namespace is not selected: its red Job runs at once, untouched.
+    tenants.job(third, "red-c", red, suspend=False, runs_for="1s")
+    tenants.watch.wait_for(lambda w: w.finished(f"{third}/red-c"), "red-c running alone, and done")
+    assert tenants.watch.jobs[f"{third}/red-c"].admitted_at is None
+
+    # Labeled in, the third namespace's new red Jobs share red's queue: refused, since it is full.
+    tenants.label(third, tenants.tag)
+    refused = poll_until(lambda: refusal(tenants, third, red, dry_run=True), "the relabel reaching the webhook")
+    assert f"ClusterConcurrencyPolicy {name} for team=red is full" in refused
+
+    # Labeled out, the second namespace's queued red Job is governed by nothing: jobgate releases it.
+    tenants.label(second, {"tenant-of": None})
+    tenants.watch.wait_for(lambda w: f"{second}/red-b" in w.running(), "red-b released", timeout=30)
+    assert "no ConcurrencyPolicy governs" in tenants.event(second, "red-b", "Released")
+    assert_never_over_admitted(tenants.watch)
+
+
+def test_match_conditions_cannot_read_the_namespace_of_a_webhook_call(cluster: ClusterAccess, namespace: str) -> None:
+    """Why a cluster policy's matchCondition is its selector in any namespace: the API server declares
+    `namespaceObject` for webhooks' matchConditions but leaves it empty, and a condition that reads it
+    fails, which under failurePolicy Fail refuses the Job."""
+    webhook = Unanswered(cluster, f"namespace-object-{namespace}", [namespace])
+    condition = "has(namespaceObject.metadata.labels) && 'tenant' in namespaceObject.metadata.labels"
+    webhook.set_conditions([{"name": "namespace-object", "expression": condition}])
+    try:
+        batch = kubernetes.client.BatchV1Api(cluster.api_client())
+
+        def refused() -> str:
+            try:
+                batch.create_namespaced_job(namespace, job_manifest("probe", {}), dry_run="All")
+            except ApiException as e:
+                return str(json.loads(e.body)["message"])
+            return ""
+
+        message = poll_until(refused, "the configuration taking effect")
+        assert "no such key: metadata" in message, message
+    finally:
+        webhook.delete()
