@@ -10,8 +10,11 @@ namespaces as the policy does, with the Namespaces' labels as the test set them.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kubernetes.client
@@ -31,6 +34,7 @@ from tests.test_webhook_scope import Unanswered
 pytestmark = pytest.mark.cluster
 
 EXAMPLE = REPO / "examples" / "three-jobs-per-team-across-namespaces.yaml"
+BIN = Path(sys.executable).parent
 TEAM = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
 
 
@@ -142,6 +146,14 @@ def tenants(cluster: ClusterAccess, scenario: Scenario) -> Iterator[Tenants]:
             cluster.delete_namespace(name)
 
 
+def jobgate_cli(tenants: Tenants, *args: str) -> str:
+    """`jobgate ...` as a user runs it; printed, so that `pytest -s` shows what users see."""
+    command = [str(BIN / "jobgate"), *args, "--kubeconfig", str(tenants.scenario.cluster.kubeconfig)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    print(f"$ kubectl jobgate {' '.join(args)}\n{out}")
+    return out
+
+
 def peaks(watch: JobWatch, policy: str) -> dict[tuple[str, ...], int]:
     return {key: peak for (name, key), peak in watch.peak.items() if name == policy}
 
@@ -184,6 +196,22 @@ def test_three_jobs_per_team_run_at_once_across_namespaces(tenants: Tenants) -> 
     header, row = table.splitlines()
     assert header.split() == ["NAME", "KEY", "LABELS", "MAX", "RUNNING", "QUEUED", "AGE"]
     assert row.split()[:5] == [name, '["team"]', "3", "3", "1"]
+
+    # The CLI shows it with -A, and with -n in each namespace it selects, counting every namespace.
+    everywhere = jobgate_cli(tenants, "status", "-A")
+    assert f"{name} (cluster-wide): max 3 per team across namespaces; 3 running, 1 queued" in everywhere
+    in_one = jobgate_cli(tenants, "status", "-n", tenants.others[0])
+    assert in_one.splitlines()[:2] == everywhere.splitlines()[:2]  # the same policy and key (waits tick on)
+    [waiting] = [n for n, j in tenants.watch.jobs.items() if j.queued]
+    queue = jobgate_cli(tenants, "queue", "-A")
+    assert waiting in queue and "3/3" in queue
+    namespace, _, job = waiting.partition("/")
+    jobgate_cli(tenants, "why", job, "-n", namespace)
+    why = json.loads(jobgate_cli(tenants, "why", job, "-n", namespace, "-o", "json"))
+    assert (
+        f"waits for a slot in cluster policy '{name}' for team=red (3/3 running across namespaces: " in why["summary"]
+    )
+    assert why["policies"][0]["acrossNamespaces"] is True
     assert_never_over_admitted(tenants.watch)
 
 
