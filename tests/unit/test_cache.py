@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from jobgate.core.jobs import JobView
+from jobgate.core.policy import ClusterPolicySpec, ConcurrencyPolicy
 from jobgate.engine.cache import JobCache, PolicyCache
 from tests.support import views
+from tests.support.views import NS, job, policy
 
 
 def view(uid: str, rv: int, *, suspended: bool = True, namespace: str = "ns") -> JobView:
@@ -71,3 +73,43 @@ def test_put_reports_the_replaced_view_only_on_change() -> None:
     newer = dataclasses.replace(first, resource_version=2, suspended=False)
     assert cache.put_job(newer) == first
     assert cache.put_job(newer) is None
+
+
+def cluster_policy(name: str, tenant: str) -> ConcurrencyPolicy:
+    return ConcurrencyPolicy(
+        namespace="",
+        name=name,
+        uid=f"uid-{name}",
+        generation=1,
+        created=0.0,
+        spec=ClusterPolicySpec.model_validate(
+            {"selector": {}, "namespaceSelector": {"matchLabels": {"tenant": tenant}}, "maxConcurrent": 1}
+        ),
+    )
+
+
+def test_a_namespace_relabeled_into_a_cluster_policy_changes_whom_it_governs() -> None:
+    cache = PolicyCache()
+    heard: list[str] = []
+    cache.namespace_listeners.append(heard.append)
+    cache.put_policy(cluster_policy("per-team", "yes"), 1)
+    red = job("red", {"team": "red"}, namespace="a")
+    assert not cache.put_namespace("a", {"tenant": "no"})  # reached by nothing, before or after
+    assert cache.policy_index.governance(red) == []
+    assert cache.put_namespace("a", {"tenant": "yes"})
+    assert [g.policy.name for g in cache.policy_index.governance(red)] == ["per-team"]
+    assert not cache.put_namespace("a", {"tenant": "yes", "other": "label"})  # the same policies reach it
+    assert cache.delete_namespace("a")
+    assert cache.policy_index.governance(red) == []
+    assert heard == ["a", "a", "a", "a"]  # every change of labels: a planner keeps them all
+
+
+def test_a_list_of_cluster_policies_and_one_of_namespaced_ones_delete_only_their_own() -> None:
+    cache = PolicyCache()
+    cache.put_policy(cluster_policy("per-team", "yes"), 1)
+    cache.put_policy(policy("exports", {"app": "x"}, [], 1), 1)
+    cache.replace_policies([], list_version=5)  # every namespace's ConcurrencyPolicies: none
+    assert list(cache.policies) == [("", "per-team")]
+    cache.put_policy(policy("exports", {"app": "x"}, [], 1), 6)
+    cache.replace_policies([], list_version=7, cluster=True)
+    assert list(cache.policies) == [(NS, "exports")]

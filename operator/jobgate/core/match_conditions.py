@@ -109,7 +109,7 @@ def webhook_scope(
         terms[namespace] = None
         precision[namespace] = Precision.NAMESPACE
     expression = _expression(terms, anywhere)
-    if len(expression) > budget:
+    if len(expression) > budget or count > term_budget:  # cluster policies' selectors cannot be coarsened
         return WebhookScope((), {**dict.fromkeys([*terms, *([""] if anywhere else [])], Precision.UNSCOPED)})
     return WebhookScope(({"name": CONDITION_NAME, "expression": expression},), {**precision, **excluded})
 

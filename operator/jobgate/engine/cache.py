@@ -33,7 +33,8 @@ class PolicyCache:
     # The Namespaces' labels, by name, for ClusterConcurrencyPolicies' namespaceSelectors: fed on every
     # replica (the webhook decides governance) with `--cluster-policies` only.
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
-    # Called with a namespace's name when the cluster policies that reach it changed (it was relabeled).
+    # Called with a namespace's name whenever its labels change (or it is deleted), e.g. for a planner's
+    # upsert_namespace: it must know every Namespace's labels, for the cluster policies still to come.
     namespace_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     @property
@@ -68,11 +69,11 @@ class PolicyCache:
         return [ref for ref, p in self.policies.items() if p.cluster_scoped and reaches(p, namespace, self.namespaces)]
 
     def _reach_changed(self, namespace: str, before: list[PolicyRef]) -> bool:
+        for listener in self.namespace_listeners:
+            listener(namespace)
         if self._reaching(namespace) == before:
             return False
         self._policy_index = None  # it remembers which policies reach each namespace, and govern each Job
-        for listener in self.namespace_listeners:
-            listener(namespace)
         return True
 
     def forget_governance(self, uid: str) -> None:
