@@ -13,7 +13,7 @@ help:
 	@echo "make test         run lint, unit and integration tests (builds the control plane on first use)"
 	@echo "make cluster      start the local control plane in the background (.cluster/kubeconfig)"
 	@echo "make cluster-down stop it"
-	@echo "make crds         regenerate the CRD (crds/ and the chart's files/crds/) from the pydantic models"
+	@echo "make crds         regenerate the CRDs (crds/ and the chart's files/crds/) from the pydantic models"
 	@echo "make bench        run the benchmarks and write bench/results/"
 	@echo "make unit         the unit tests alone: no cluster, no built binary"
 	@echo "make lint         ruff, mypy and hadolint"
@@ -60,7 +60,8 @@ demo: binaries
 
 crds: $(STAMP)
 	$(PY) -m jobgate._build.crd > charts/jobgate/files/crds/concurrencypolicies.jobgate.dev.yaml
-	mkdir -p crds && cp charts/jobgate/files/crds/concurrencypolicies.jobgate.dev.yaml crds/
+	$(PY) -m jobgate._build.crd --cluster > charts/jobgate/files/crds/clusterconcurrencypolicies.jobgate.dev.yaml
+	mkdir -p crds && cp charts/jobgate/files/crds/*.jobgate.dev.yaml crds/
 	$(PY) -m jobgate._build.crd --update-readme
 
 # The image installs only these pins, hash-checked. Existing pins are kept unless the project's

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import kubernetes.client
@@ -33,10 +33,24 @@ def limit_of(policy: ConcurrencyPolicy, key: tuple[str, ...]) -> int:
 
 
 class JobWatch:
-    def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str) -> None:
+    """The Jobs of one namespace, by name; or, with `namespace` None, of the namespaces `among`, by "ns/name".
+
+    `namespaces`: the Namespaces' labels, for ClusterConcurrencyPolicies (`relabel` changes them).
+    """
+
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        namespace: str | None,
+        *,
+        among: Collection[str] = (),
+        namespaces: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.namespace = namespace
-        self.jobs: dict[str, JobView] = {}  # by name
+        self.among = set(among)
+        self.namespace_labels: dict[str, Mapping[str, str]] = dict(namespaces or {})
+        self.jobs: dict[str, JobView] = {}  # by name, or "ns/name" across namespaces
         self.policies: list[ConcurrencyPolicy] = []
         self.peak: Counter[Slot] = Counter()  # the most Jobs ever seen running at once, per policy and key
         self.admitted_over_limit: list[str] = []  # admissions by jobgate that took a key over its limit
@@ -64,12 +78,21 @@ class JobWatch:
         """Tell the watch which policy to check (the test's own copy, not the operator's)."""
         with self.changed:
             self.policies = [p for p in self.policies if p.name != policy.name] + [policy]
-            self._running = Counter()
-            for job in self.jobs.values():
-                if job.running:
-                    self._running.update(self._slots(job))
-            for slot, count in self._running.items():
-                self.peak[slot] = max(self.peak[slot], count)
+            self._recount()
+
+    def relabel(self, namespace: str, labels: Mapping[str, str]) -> None:
+        """Tell the watch a Namespace's labels (the test's own copy) before changing them."""
+        with self.changed:
+            self.namespace_labels[namespace] = dict(labels)
+            self._recount()
+
+    def _recount(self) -> None:
+        self._running = Counter()
+        for job in self.jobs.values():
+            if job.running:
+                self._running.update(self._slots(job))
+        for slot, count in self._running.items():
+            self.peak[slot] = max(self.peak[slot], count)
 
     def _follow(self) -> None:
         version = ""  # resume each watch where the last one ended, so that no transition is missed
@@ -77,9 +100,13 @@ class JobWatch:
             watch = kubernetes.watch.Watch()
             self._started.set()
             try:
+                listing: tuple[Any, ...] = (
+                    (self.batch.list_namespaced_job, self.namespace)
+                    if self.namespace is not None
+                    else (self.batch.list_job_for_all_namespaces,)
+                )
                 for event in watch.stream(
-                    self.batch.list_namespaced_job,
-                    self.namespace,
+                    *listing,
                     resource_version=version,
                     allow_watch_bookmarks=True,
                     timeout_seconds=5,
@@ -112,17 +139,23 @@ class JobWatch:
         self.interruptions += 1
         self._stop.wait(RETRY_SECONDS)
 
+    def _name(self, view: JobView) -> str:
+        return view.name if self.namespace is not None else f"{view.namespace}/{view.name}"
+
     def _apply(self, kind: str, body: dict[str, Any]) -> None:
         view = JobView.from_body(body)
+        if self.namespace is None and view.namespace not in self.among:
+            return
+        name = self._name(view)
         seen = time.monotonic()
         with self.changed:
-            before = self.jobs.get(view.name)
+            before = self.jobs.get(name)
             if before is not None and before.running:
                 self._running.subtract(self._slots(before))
             if kind == "DELETED":
-                self.jobs.pop(view.name, None)
+                self.jobs.pop(name, None)
             else:
-                self.jobs[view.name] = view
+                self.jobs[name] = view
                 if view.running:
                     slots = self._slots(view)
                     self._running.update(slots)
@@ -130,12 +163,12 @@ class JobWatch:
                         self.peak[slot] = max(self.peak[slot], self._running[slot])
             newly_running = view.running and (before is None or not before.running) and kind != "DELETED"
             if newly_running and view.admitted_at is not None:
-                for gov in governance(self.policies, view):
+                for gov in governance(self.policies, view, self.namespace_labels):
                     slot = (gov.policy.name, gov.key)
                     if self._running[slot] > limit_of(gov.policy, gov.key):
                         running = sorted(n for n, j in self.jobs.items() if j.running and slot in self._slots(j))
                         self.admitted_over_limit.append(
-                            f"{view.name} took {gov.policy.name}{gov.key} over (running: {', '.join(running)})"
+                            f"{name} took {gov.policy.name}{gov.key} over (running: {', '.join(running)})"
                         )
             for listener in self.listeners:
                 listener(seen, before, None if kind == "DELETED" else view)
@@ -160,7 +193,7 @@ class JobWatch:
         return +self._running  # a copy without the keys that dropped to zero
 
     def _slots(self, job: JobView) -> list[Slot]:
-        return [(gov.policy.name, gov.key) for gov in governance(self.policies, job)]
+        return [(gov.policy.name, gov.key) for gov in governance(self.policies, job, self.namespace_labels)]
 
     def wait_for(self, predicate: Callable[[JobWatch], bool], what: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "charts" / "jobgate" / "files" / "crds" / "concurrencypolicies.jobgate.dev.yaml"
+CLUSTER_CRD_FILE = CRD_FILE.with_name("clusterconcurrencypolicies.jobgate.dev.yaml")
 PORT_TAKEN = "address already in use"
 PORT_CHECK_SECONDS = 0.5
 

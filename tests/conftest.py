@@ -26,7 +26,7 @@ from tests.support.clusters import (  # noqa: E402
 from tests.support.faults import LOCAL_CONTROL_PLANE, report_recoveries  # noqa: E402
 
 # Fixtures of jobgate itself: the CRD (installed once per session) and `scenario` (the operator at work).
-pytest_plugins = ["tests.support.crd", "tests.support.scenario", "tests.support.faults"]
+pytest_plugins = ["tests.support.crd", "tests.support.scenario", "tests.support.faults", "tests.support.tenants"]
 
 START_TIME = pytest.StashKey[float]()
 

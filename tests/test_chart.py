@@ -27,7 +27,7 @@ from cryptography import x509
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from jobgate._build.crd import CRD_FILE
+from jobgate._build.crd import CLUSTER_CRD_FILE, CRD_FILE
 from jobgate.service.handlers import WEBHOOK_ID
 from localcluster.access import ToolError
 from localcluster.build import bin_dir
@@ -156,8 +156,9 @@ LINTED = [
     {"watchNamespaces": ["team-a"], "replicaCount": 1, "leaderElection": {"enabled": False}},
     {"webhook": {"certificate": {"certManager": {"enabled": True}}}},
     {"crds": {"install": False}, "rbac": {"aggregateToDefaultRoles": False}, "webhook": {"enabled": False}},
+    {"clusterPolicies": {"enabled": True}, "watchNamespaces": ["team-a"]},
 ]
-LINTED_IDS = ["defaults", "namespaced-single", "cert-manager", "minimal"]
+LINTED_IDS = ["defaults", "namespaced-single", "cert-manager", "minimal", "cluster-policies"]
 
 
 @pytest.mark.parametrize("values", LINTED, ids=LINTED_IDS)
@@ -490,6 +491,39 @@ def test_namespaced_install_grants_nothing_cluster_wide_but_its_webhook_configur
     assert len(of_kind(namespaced, "Role")) == 3
 
 
+# ClusterConcurrencyPolicies (clusterPolicies.enabled): the policies, their status, and the Namespaces'
+# labels their namespaceSelectors read (operator/jobgate/kube/api.py, the webhook's get_namespace_labels).
+CLUSTER_POLICY_RULES = [
+    {"apiGroups": ["jobgate.dev"], "resources": ["clusterconcurrencypolicies"], "verbs": READ},
+    {"apiGroups": ["jobgate.dev"], "resources": ["clusterconcurrencypolicies/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+]
+
+
+def test_cluster_policies_are_off_by_default_and_granted_only_when_enabled(
+    helm: Path, defaults: list[Manifest], namespaced: list[Manifest]
+) -> None:
+    assert "--cluster-policies" not in container(defaults)["args"]
+    assert [c["metadata"]["name"] for c in of_kind(defaults, "CustomResourceDefinition")] == [CRD_NAME]
+    for manifests in (defaults, namespaced):
+        granted = [rule for role in of_kind(manifests, "ClusterRole") for rule in role["rules"]]
+        assert not [r for r in granted if {"namespaces", "clusterconcurrencypolicies"} & set(r["resources"])]
+    for values in ({}, {"watchNamespaces": ["team-a", "team-b"]}):
+        enabled = render(helm, {**values, "clusterPolicies": {"enabled": True}})
+        assert "--cluster-policies" in container(enabled)["args"]
+        role = named(enabled, "ClusterRole", f"{NAMESPACE}-jobgate-cluster-policies")
+        assert role["rules"] == CLUSTER_POLICY_RULES  # cluster-scoped objects: a ClusterRole even when namespaced
+        binding = named(enabled, "ClusterRoleBinding", f"{NAMESPACE}-jobgate-cluster-policies")
+        assert binding["roleRef"]["name"] == role["metadata"]["name"] and binding["subjects"] == [SERVICE_ACCOUNT]
+        crd = named(enabled, "CustomResourceDefinition", "clusterconcurrencypolicies.jobgate.dev")
+        generated = yaml.safe_load(CLUSTER_CRD_FILE.read_text())
+        assert crd["spec"] == generated["spec"]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        view = named(enabled, "ClusterRole", "jobgate-view")
+        assert view["rules"][-1]["resources"] == ["clusterconcurrencypolicies", "clusterconcurrencypolicies/status"]
+        assert view["rules"][-1]["verbs"] == READ
+
+
 def test_namespaced_install_watches_and_intercepts_only_its_namespaces(namespaced: list[Manifest]) -> None:
     args = container(namespaced)["args"]
     assert [a for a in args if "namespace" in a] == ["--namespace=team-a", "--namespace=team-b"]
@@ -588,6 +622,7 @@ def test_without_webhook_nothing_intercepts_jobs(helm: Path) -> None:
         ({"leaderElection": {"enabled": False}}, "leaderElection.enabled"),  # two replicas by default
         ({"webhook": {"certificate": {"certManager": {"duration": "90 days"}}}}, "duration"),
         ({"crds": {"install": "yes"}}, "install"),
+        ({"clusterPolicies": {"enabled": "yes"}}, "enabled"),
         ({"image": {"digest": "latest"}}, "digest"),
         (
             {"webhook": {"certificate": {"existingSecret": "x", "certManager": {"enabled": True}}}},

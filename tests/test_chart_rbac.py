@@ -21,6 +21,7 @@ from localcluster.access import ClusterAccess
 from localcluster.manifests import job_manifest
 from tests.support import chart
 from tests.support.scenario import LEASE, Scenario, assert_never_over_admitted
+from tests.support.tenants import TEAM, Tenants
 
 pytestmark = pytest.mark.cluster
 
@@ -153,3 +154,55 @@ def test_the_charts_service_account_is_denied_everything_else(
     finally:
         client.close()
     assert {what: status for what, status in statuses.items() if status != 403} == {}
+
+
+@pytest.fixture
+def cluster_policy_identity(
+    cluster: ClusterAccess, tenants: Tenants, release_namespace: str, crd: None
+) -> Iterator[Path]:
+    """The chart's ServiceAccount's kubeconfig, installed with clusterPolicies.enabled for the tenants' namespaces."""
+    values = {
+        "watchNamespaces": tenants.namespaces,
+        "clusterPolicies": {"enabled": True},
+        "webhook": {"enabled": False},
+        "image": {"pullPolicy": "Never"},
+        "crds": {"install": False},  # the session's, applied with kubectl
+        "rbac": {"aggregateToDefaultRoles": False},
+    }
+    chart.install(cluster, release_namespace, values)
+    try:
+        yield cluster.service_account_kubeconfig(release_namespace, SERVICE_ACCOUNT)
+    finally:
+        chart.uninstall(cluster, release_namespace)
+
+
+def test_cluster_policies_work_with_the_charts_service_account(
+    cluster_policy_identity: Path, tenants: Tenants, release_namespace: str
+) -> None:
+    first, second, third = tenants.namespaces
+    for namespace in (first, second):
+        tenants.label(namespace, tenants.tag)
+    operator = tenants.scenario.start_operator(
+        "--lease-name",
+        LEASE,
+        "--cluster-policies",
+        kubeconfig=cluster_policy_identity,
+        lease_namespace=release_namespace,
+        namespaces=tenants.others,
+    )
+    name = tenants.cluster_policy(f"rbac-{first}", TEAM, ["team"], 1)
+    tenants.wait_synced(name)  # its status, written with the ServiceAccount's permissions
+    for namespace in (first, second):
+        for i in range(2):
+            tenants.job(namespace, f"red-{i}", {"team": "red"}, runs_for="1s")
+    tenants.watch.wait_for(lambda w: w.all_finished(4), "the 4 red Jobs finishing", timeout=90)
+    # A Namespace relabeled in, read through the ServiceAccount's watch of Namespaces.
+    tenants.label(third, tenants.tag)
+    tenants.job(third, "red-late", {"team": "red"}, runs_for="1s")
+    tenants.watch.wait_for(lambda w: w.finished(f"{third}/red-late"), "the third namespace's red Job admitted")
+    assert tenants.watch.jobs[f"{third}/red-late"].admitted_at is not None
+    assert_never_over_admitted(tenants.watch)
+    assert {key: peak for (policy, key), peak in tenants.watch.peak.items() if policy == name} == {("red",): 1}
+    log = operator.log_path.read_text()
+    complaints = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert complaints == [] and "forbidden" not in log.lower(), operator.log_tail()

@@ -35,6 +35,7 @@ def test_every_example_is_tested() -> None:
         "one-deploy-per-environment.yaml",
         "one-export-per-customer.yaml",
         "three-backups-per-database.yaml",
+        "three-jobs-per-team-across-namespaces.yaml",  # tests/test_cluster_policies.py
     ]
 
 

@@ -140,3 +140,62 @@ def test_policy_shapes_are_accepted_and_shown_wide(cluster: ClusterAccess, names
     header, row = cluster.kubectl("get", "conpol", "-n", namespace, "-o", "wide").splitlines()
     assert header.split()[-4:] == ["AGE", "MAX", "QUEUED", "OVERFLOW"]
     assert row.split()[-2:] == ["10", "ReplaceOldest"]
+
+
+# --- ClusterConcurrencyPolicy: the same spec, plus namespaceSelector ----------------------------------
+
+TENANTS = {"matchLabels": {"tenant": "true"}}
+CLUSTER_INVALID = {
+    "missing namespaceSelector": ({"selector": SELECTOR, "maxConcurrent": 1}, "spec.namespaceSelector: Required value"),
+    "invalid namespaceSelector key": (
+        {"selector": SELECTOR, "namespaceSelector": {"matchLabels": {"not a key!": "x"}}, "maxConcurrent": 1},
+        "spec.namespaceSelector.matchLabels: Invalid value",
+    ),
+    "namespaceSelector In without values": (
+        {"selector": SELECTOR, "namespaceSelector": {"matchExpressions": [{"key": "t", "operator": "In"}]}}
+        | {"maxConcurrent": 1},
+        "spec.namespaceSelector.matchExpressions[0]: Invalid value",
+    ),
+    "per-key limit on another label": (
+        {**KEYED, "namespaceSelector": TENANTS, "limits": [{"key": {"region": "eu"}, "maxConcurrent": 2}]},
+        "spec.limits: Invalid value: every key in limits must name exactly the labels of keyLabels, each with a value",
+    ),
+}
+
+
+def cluster_manifest(name: str, spec: dict[str, object]) -> str:
+    return yaml.safe_dump(
+        {"apiVersion": "jobgate.dev/v1alpha1", "kind": "ClusterConcurrencyPolicy", "metadata": {"name": name}}
+        | {"spec": spec}
+    )
+
+
+@pytest.mark.parametrize("case", list(CLUSTER_INVALID), ids=list(CLUSTER_INVALID))
+def test_an_invalid_cluster_policy_is_refused_with_the_field_named(
+    cluster: ClusterAccess, namespace: str, crd: None, case: str
+) -> None:
+    spec, message = CLUSTER_INVALID[case]
+    with pytest.raises(ToolError) as refused:
+        cluster.kubectl("apply", "-f", "-", input=cluster_manifest(f"bad-{namespace}", spec))
+    assert message in str(refused.value)
+
+
+def test_a_cluster_policy_keyed_on_the_namespace_is_accepted_cluster_scoped(
+    cluster: ClusterAccess, namespace: str, crd: None
+) -> None:
+    name = f"per-namespace-{namespace}"
+    spec = {
+        "selector": SELECTOR,
+        "namespaceSelector": {},
+        "keyLabels": ["team", "jobgate.dev/namespace"],
+        "maxConcurrent": 1,
+        "limits": [{"key": {"team": "red", "jobgate.dev/namespace": namespace}, "maxConcurrent": 2}],
+    }
+    cluster.kubectl("apply", "-f", "-", input=cluster_manifest(name, spec))
+    try:
+        header, row = cluster.kubectl("get", "cconpol", name).splitlines()
+        assert header.split() == ["NAME", "KEY", "LABELS", "MAX", "RUNNING", "QUEUED", "AGE"]
+        assert row.split()[1:3] == ['["team","jobgate.dev/namespace"]', "1"]
+        assert "namespaceSelector" in cluster.kubectl("explain", "cconpol.spec")
+    finally:
+        cluster.kubectl("delete", "cconpol", name)

@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,10 +59,11 @@ class Webhook:
     configuration: str
     registrations: kubernetes.client.AdmissionregistrationV1Api
     labeled: list[str] = field(default_factory=list)  # namespaces given the scope label
+    namespaces: list[str] = field(default_factory=list)  # watched besides the scenario's
 
     def restart(self) -> None:
         """Start a new operator on the same port (the configuration names the port)."""
-        self.operator = self.scenario.start_operator(*self.args)
+        self.operator = self.scenario.start_operator(*self.args, namespaces=self.namespaces)
 
     def answered(self, result: str) -> float:
         """How many reviews the operator answered with `result` (suspended, untouched, unavailable)."""
@@ -107,8 +108,19 @@ def webhook(cluster: ClusterAccess, scenario: Scenario) -> Iterator[Webhook]:
         _remove(webhook)
 
 
-def _configured_webhook(cluster: ClusterAccess, scenario: Scenario, ca_bundle: bytes, tls_args: list[str]) -> Webhook:
-    """The chart's webhook configuration for every namespace labeled for this test, and the operator."""
+def _configured_webhook(
+    cluster: ClusterAccess,
+    scenario: Scenario,
+    ca_bundle: bytes,
+    tls_args: list[str],
+    *,
+    namespaces: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> Webhook:
+    """The chart's webhook configuration for every namespace labeled for this test, and the operator.
+
+    `namespaces`: more namespaces for the operator to watch, put in the webhook's scope too.
+    """
     port = free_port()
     configuration = webhook_configuration_at_url(
         cluster.tool("helm"),
@@ -128,10 +140,12 @@ def _configured_webhook(cluster: ClusterAccess, scenario: Scenario, ca_bundle: b
     registrations.create_mutating_webhook_configuration(configuration)
     name = configuration["metadata"]["name"]
     args = ["--webhook-port", str(port), "--webhook-addr", "127.0.0.1", *tls_args, "--webhook-configuration", name]
-    webhook = Webhook(scenario, args, None, name, registrations)  # type: ignore[arg-type]
-    webhook.put_in_scope(scenario.namespace)
+    args += extra
+    webhook = Webhook(scenario, args, None, name, registrations, namespaces=list(namespaces))  # type: ignore[arg-type]
+    for namespace in [scenario.namespace, *namespaces]:
+        webhook.put_in_scope(namespace)
     try:
-        webhook.operator = scenario.start_operator(*args)
+        webhook.operator = scenario.start_operator(*args, namespaces=namespaces)
     except BaseException:
         _remove(webhook)
         raise

@@ -118,6 +118,15 @@ class InMemoryApi:
             policies.append(body)
         return policies, 1
 
+    async def list_cluster_policies(self) -> tuple[list[Mapping[str, Any]], int]:
+        return [], 1
+
+    async def list_namespaces(self) -> tuple[list[tuple[str, dict[str, str]]], int]:
+        return [(f"tenant-{n}", {}) for n in range(POLICIES)], 1
+
+    async def get_namespace_labels(self, name: str) -> dict[str, str] | None:
+        return {}
+
     async def patch_job(self, namespace: str, name: str, patch: JsonPatch) -> Mapping[str, Any] | None:
         now = time.perf_counter()
         uid = next(op["value"] for op in patch if op["op"] == "test" and op["path"] == "/metadata/uid")

@@ -7,7 +7,7 @@ on what its `JobWatch` saw.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,13 @@ class Scenario:
         kubeconfig: Path | None = None,
         lease_namespace: str | None = None,
         lease_seconds: float = 6,  # Lease calls get lease/8: on 2 busy cores, 3 s (0.375 s) timed out
+        namespaces: Sequence[str] = (),
     ) -> OperatorProcess:
-        """`jobgate run` on this namespace, as admin unless ``kubeconfig`` says otherwise."""
+        """`jobgate run` on this namespace (and `namespaces`), as admin unless ``kubeconfig`` says otherwise."""
         args = ["--leader-election-namespace", lease_namespace or self.namespace]
         args += ["--lease-seconds", str(lease_seconds), *extra]
-        operator = OperatorProcess(kubeconfig or self.cluster.kubeconfig, [self.namespace], self.tmp_path, *args)
+        watched = [self.namespace, *namespaces]
+        operator = OperatorProcess(kubeconfig or self.cluster.kubeconfig, watched, self.tmp_path, *args)
         self.operators.append(operator)
         return operator.start()
 

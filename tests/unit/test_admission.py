@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from jobgate.core.admission import governance, plan, queue_full, tally
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import ConcurrencyPolicy, PolicySpec
+from jobgate.core.policy import ClusterPolicySpec, ConcurrencyPolicy, PolicySpec
 from tests.support.views import NS, job, policy
 
 
@@ -296,13 +296,14 @@ def test_replace_oldest_queues_are_not_refused() -> None:
 # the Jobs' plain attributes, it matches selectors, derives keys, looks limits up, orders and
 # classifies Jobs itself, and decides by brute force (admit the first Job that fits, again and again).
 
-NAMESPACES = ("billing", "other")
+NAMESPACES = ("billing", "other", "ops")
 VALUES = ("a", "b", "c")
+NAMESPACE_KEY = "jobgate.dev/namespace"
 
 
 @dataclass(frozen=True)
 class RefPolicy:
-    namespace: str
+    namespace: str  # "": a ClusterConcurrencyPolicy, with spec.namespaceSelector
     name: str
     created: float
     spec: dict[str, Any]
@@ -314,7 +315,7 @@ class RefPolicy:
             uid=f"uid-{self.name}",
             generation=1,
             created=self.created,
-            spec=PolicySpec.model_validate(self.spec),
+            spec=(ClusterPolicySpec if not self.namespace else PolicySpec).model_validate(self.spec),
         )
 
 
@@ -357,6 +358,7 @@ class World:
     policies: list[RefPolicy]
     jobs: list[RefJob]
     assumed: frozenset[str]
+    namespaces: dict[str, dict[str, str]]  # the Namespaces' labels; one not here has none
 
     def models(self) -> list[ConcurrencyPolicy]:
         return [p.model() for p in self.policies]
@@ -385,12 +387,23 @@ def ref_selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 Slot = tuple[str, tuple[str, ...]]  # (policy name, key values)
 
 
-def ref_slots(policies: list[RefPolicy], j: RefJob) -> list[Slot]:
-    """The (policy, key) slots the Job needs: same namespace, selected; missing labels count as ""."""
+def ref_slots_in(policies: list[RefPolicy], j: RefJob, namespaces: dict[str, dict[str, str]]) -> list[Slot]:
+    """The (policy, key) slots the Job needs: its namespace's policies and the cluster policies whose
+    namespaceSelector its namespace's labels match, that select it; missing labels count as "", and
+    jobgate.dev/namespace is the Job's namespace."""
+
+    def reaches(p: RefPolicy) -> bool:
+        if p.namespace:
+            return p.namespace == j.namespace
+        return ref_selects(p.spec["namespaceSelector"], namespaces.get(j.namespace, {}))
+
+    def value(label: str) -> str:
+        return j.namespace if label == NAMESPACE_KEY else j.labels.get(label, "")
+
     return [
-        (p.name, tuple(j.labels.get(label, "") for label in p.spec.get("keyLabels", [])))
+        (p.name, tuple(value(label) for label in p.spec.get("keyLabels", [])))
         for p in policies
-        if p.namespace == j.namespace and ref_selects(p.spec["selector"], j.labels)
+        if reaches(p) and ref_selects(p.spec["selector"], j.labels)
     ]
 
 
@@ -426,6 +439,10 @@ class RefPlan:
 
 def reference_plan(world: World) -> RefPlan:
     policies, assumed = world.policies, world.assumed
+
+    def ref_slots(policies: list[RefPolicy], j: RefJob) -> list[Slot]:
+        return ref_slots_in(policies, j, world.namespaces)
+
     by_name = {p.name: p for p in policies}
 
     def limit(slot: Slot) -> int:
@@ -509,10 +526,26 @@ def selectors(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def namespace_selectors(draw: st.DrawFn) -> dict[str, Any]:
+    return draw(
+        st.sampled_from(
+            [
+                {},
+                {"matchLabels": {"team": "a"}},
+                {"matchExpressions": [{"key": "team", "operator": "Exists"}]},
+                {"matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["b"]}]},
+                {"matchLabels": {"kubernetes.io/metadata.name": "billing"}},
+            ]
+        )
+    )
+
+
+@st.composite
 def ref_policies(draw: st.DrawFn, index: int) -> RefPolicy:
-    keys = draw(st.lists(st.sampled_from(["k1", "k2"]), unique=True, max_size=2))
+    keys = draw(st.lists(st.sampled_from(["k1", "k2", "k1", "k2", NAMESPACE_KEY]), unique=True, max_size=2))
     spec: dict[str, Any] = {"selector": draw(selectors()), "keyLabels": keys, "maxConcurrent": draw(st.integers(0, 3))}
-    named = draw(st.lists(st.tuples(*(st.sampled_from(["", *VALUES]) for _ in keys)), unique=True, max_size=2))
+    values = {label: ["", *NAMESPACES] if label == NAMESPACE_KEY else ["", *VALUES] for label in keys}
+    named = draw(st.lists(st.tuples(*(st.sampled_from(values[label]) for label in keys)), unique=True, max_size=2))
     if named:
         limits = [{"key": dict(zip(keys, key, strict=True)), "maxConcurrent": draw(st.integers(0, 3))} for key in named]
         spec["limits"] = limits
@@ -521,8 +554,24 @@ def ref_policies(draw: st.DrawFn, index: int) -> RefPolicy:
         overflow = draw(st.sampled_from([None, "Reject", "ReplaceOldest", "ReplaceOldest"]))
         if overflow:
             spec["overflow"] = overflow
-    namespace = draw(st.sampled_from(NAMESPACES))
+    namespace = draw(st.sampled_from([*NAMESPACES, ""]))  # one in four is a ClusterConcurrencyPolicy
+    if not namespace:
+        spec["namespaceSelector"] = draw(namespace_selectors())
     return RefPolicy(namespace, f"p{index}", float(draw(st.integers(0, 3))), spec)
+
+
+@st.composite
+def namespace_labels(draw: st.DrawFn) -> dict[str, dict[str, str]]:
+    """Some namespaces known with a team label or none (and the label every Namespace has), some unknown."""
+    found = {}
+    for namespace in NAMESPACES:
+        if draw(st.integers(0, 4)):
+            labels = {"kubernetes.io/metadata.name": namespace}
+            team = draw(st.sampled_from(["a", "b", None]))
+            if team:
+                labels["team"] = team
+            found[namespace] = labels
+    return found
 
 
 @st.composite
@@ -557,13 +606,13 @@ def worlds(draw: st.DrawFn) -> World:
             )
         )
     assumed = frozenset(j.uid for j in jobs if j.suspended and draw(st.booleans()) and draw(st.booleans()))
-    return World(policies, jobs, assumed)
+    return World(policies, jobs, assumed, draw(namespace_labels()))
 
 
 @settings(max_examples=300, deadline=None)
 @given(worlds())
 def test_plan_matches_the_reference_model(world: World) -> None:
-    result = plan(world.models(), world.views(), world.assumed)
+    result = plan(world.models(), world.views(), world.assumed, namespaces=world.namespaces)
     expected = reference_plan(world)
     assert names(result.admit) == expected.admit
     assert names(result.resuspend) == expected.resuspend
@@ -575,14 +624,14 @@ def ref_counts(world: World, admitted: set[str]) -> Counter[Slot]:
     counts: Counter[Slot] = Counter()
     for j in world.jobs:
         if ref_holds_slot(j, world.assumed) or j.name in admitted:
-            counts.update(ref_slots(world.policies, j))
+            counts.update(ref_slots_in(world.policies, j, world.namespaces))
     return counts
 
 
 @settings(max_examples=200, deadline=None)
 @given(worlds())
 def test_never_over_admits_never_idles_and_never_evicts_beyond_the_bound(world: World) -> None:
-    result = plan(world.models(), world.views(), world.assumed)
+    result = plan(world.models(), world.views(), world.assumed, namespaces=world.namespaces)
     admitted = set(names(result.admit))
     by_name = {p.name: p for p in world.policies}
     before, after = ref_counts(world, set()), ref_counts(world, admitted)
@@ -593,7 +642,7 @@ def test_never_over_admits_never_idles_and_never_evicts_beyond_the_bound(world: 
     waiting = [j for j in world.jobs if ref_waits(j, world.assumed) and j.name not in admitted]
     # Work-conserving: every queued Job left waiting is blocked by a full slot somewhere.
     for j in waiting:
-        slots = ref_slots(world.policies, j)
+        slots = ref_slots_in(world.policies, j, world.namespaces)
         assert not slots or any(after[s] >= ref_limit(by_name[s[0]], s[1]) for s in slots)
     # Only Jobs left waiting are deleted; after the deletions, every ReplaceOldest key holds at most maxQueued.
     evicted = set(names(result.evict))
@@ -601,7 +650,7 @@ def test_never_over_admits_never_idles_and_never_evicts_beyond_the_bound(world: 
     left: Counter[Slot] = Counter()
     for j in waiting:
         if j.name not in evicted:
-            left.update(ref_slots(world.policies, j))
+            left.update(ref_slots_in(world.policies, j, world.namespaces))
     for slot, count in left.items():
         spec = by_name[slot[0]].spec
         if spec.get("overflow") == "ReplaceOldest":
@@ -614,5 +663,6 @@ def test_the_plan_does_not_depend_on_the_order_jobs_arrive_in(world: World, rnd:
     shuffled = world.views()
     rnd.shuffle(shuffled)
     models = world.models()
-    first, second = plan(models, world.views(), world.assumed), plan(models, shuffled, world.assumed)
+    first = plan(models, world.views(), world.assumed, namespaces=world.namespaces)
+    second = plan(models, shuffled, world.assumed, namespaces=world.namespaces)
     assert (first.admit, first.evict) == (second.admit, second.evict)

@@ -7,9 +7,10 @@ import random
 
 from jobgate.core import admission
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import ConcurrencyPolicy
+from jobgate.core.policy import ClusterPolicySpec, ConcurrencyPolicy
 from jobgate.engine.cache import JobCache, PolicyCache
 from tests.support import views
+from tests.support.views import NS, job, policy
 
 
 def view(uid: str, rv: int, *, suspended: bool = True, namespace: str = "ns") -> JobView:
@@ -91,6 +92,7 @@ def test_the_planner_a_primed_cache_keeps_decides_as_the_full_plan_over_its_jobs
         version = 1
         policies.put_policy(per_customer(1), version)
         policies.put_policy(views.policy("cap", {"app": "export"}, [], 3), 0)
+        policies.put_policy(cluster_policy("tenants", "yes"), 0)  # one at a time across the tenants
         for step in range(40):
             if step == 5:
                 cache.prime()
@@ -98,7 +100,7 @@ def test_the_planner_a_primed_cache_keeps_decides_as_the_full_plan_over_its_jobs
             uid = f"j{rng.randrange(12)}"
             customer = rng.choice(["acme", "globex", "initech"])
             labels = {"app": "export", "customer": customer} if rng.random() < 0.9 else {"customer": customer}
-            match rng.randrange(9):
+            match rng.randrange(10):
                 case 0 | 1 | 2:
                     cache.put_job(
                         views.job(
@@ -122,6 +124,8 @@ def test_the_planner_a_primed_cache_keeps_decides_as_the_full_plan_over_its_jobs
                     policies.delete_policy((views.NS, "cap"))
                 case 8:
                     policies.put_policy(views.policy("cap", {"app": "export"}, [], rng.randrange(1, 4)), version)
+                case 9:  # the Namespace relabeled: the cluster policy reaches it, or not
+                    policies.put_namespace(views.NS, {"tenant": rng.choice(["yes", "no"])})
                 case 6:
                     if uid in cache.jobs and rng.random() < 0.5:
                         assumed.add(uid)
@@ -130,12 +134,53 @@ def test_the_planner_a_primed_cache_keeps_decides_as_the_full_plan_over_its_jobs
             if not cache.primed:
                 continue
             planner = cache.follow_policies()
-            full = admission.plan(list(policies.policies.values()), list(cache.jobs.values()), assumed)
+            current = list(policies.policies.values())
+            full = admission.plan(current, list(cache.jobs.values()), assumed, namespaces=policies.namespaces)
             incremental = planner.plan(assumed)
             assert [j.uid for j in incremental.admit] == [j.uid for j in full.admit]
             assert {j.uid for j in incremental.resuspend} == {j.uid for j in full.resuspend}
             assert {j.uid for j in incremental.release} == {j.uid for j in full.release}
             for ref in policies.policies:
-                tallied = admission.tally(list(policies.policies.values()), cache.jobs.values(), assumed)[ref]
+                tallied = admission.tally(current, cache.jobs.values(), assumed, namespaces=policies.namespaces)[ref]
                 assert planner.key_counts(ref) == {k: s.counts for k, s in tallied.items() if s.counts != (0, 0)}
         cache.close()
+
+
+def cluster_policy(name: str, tenant: str) -> ConcurrencyPolicy:
+    return ConcurrencyPolicy(
+        namespace="",
+        name=name,
+        uid=f"uid-{name}",
+        generation=1,
+        created=0.0,
+        spec=ClusterPolicySpec.model_validate(
+            {"selector": {}, "namespaceSelector": {"matchLabels": {"tenant": tenant}}, "maxConcurrent": 1}
+        ),
+    )
+
+
+def test_a_namespace_relabeled_into_a_cluster_policy_changes_whom_it_governs() -> None:
+    cache = PolicyCache()
+    heard: list[str] = []
+    cache.namespace_listeners.append(heard.append)
+    cache.put_policy(cluster_policy("per-team", "yes"), 1)
+    red = job("red", {"team": "red"}, namespace="a")
+    assert not cache.put_namespace("a", {"tenant": "no"})  # reached by nothing, before or after
+    assert cache.policy_index.governance(red) == []
+    assert cache.put_namespace("a", {"tenant": "yes"})
+    assert [g.policy.name for g in cache.policy_index.governance(red)] == ["per-team"]
+    assert not cache.put_namespace("a", {"tenant": "yes", "other": "label"})  # the same policies reach it
+    assert cache.delete_namespace("a")
+    assert cache.policy_index.governance(red) == []
+    assert heard == ["a", "a", "a", "a"]  # every change of labels: a planner keeps them all
+
+
+def test_a_list_of_cluster_policies_and_one_of_namespaced_ones_delete_only_their_own() -> None:
+    cache = PolicyCache()
+    cache.put_policy(cluster_policy("per-team", "yes"), 1)
+    cache.put_policy(policy("exports", {"app": "x"}, [], 1), 1)
+    cache.replace_policies([], list_version=5)  # every namespace's ConcurrencyPolicies: none
+    assert list(cache.policies) == [("", "per-team")]
+    cache.put_policy(policy("exports", {"app": "x"}, [], 1), 6)
+    cache.replace_policies([], list_version=7, cluster=True)
+    assert list(cache.policies) == [(NS, "exports")]

@@ -175,3 +175,56 @@ def test_a_queued_job_said_deleted_is_dropped_without_a_read() -> None:
         return api.reads, set(term_of(engine).jobs.jobs)
 
     assert asyncio.run(scenario()) == (0, set())
+
+
+# --- a Namespace relabeled into a cluster policy's reach ------------------------------------------
+
+
+class NamespacedListApi(ReadBackApi):
+    """LISTs answer with the running Jobs in `jobs` of the namespace asked, and are recorded."""
+
+    def __init__(self, jobs: list[dict[str, Any]]) -> None:
+        super().__init__(current=None)
+        self.jobs = jobs
+        self.listed: list[tuple[str | None, str | None]] = []
+
+    async def list_jobs(self, namespace: str | None, label_selector: str | None = None) -> tuple[list[JobView], int]:
+        self.listed.append((namespace, label_selector))
+        views = [JobView.from_body(b) for b in self.jobs if namespace in (None, b["metadata"]["namespace"])]
+        return [v for v in views if label_selector != QUEUED_LABEL], 20
+
+
+def test_a_namespace_relabeled_into_a_cluster_policy_has_its_jobs_listed_again() -> None:
+    """Its Jobs were dropped as they came (nothing governed them): they must be counted once it is selected."""
+
+    async def scenario() -> tuple[NamespacedListApi, set[str], set[str]]:
+        red = running("red", 5, labels={"team": "red"})
+        red["metadata"]["namespace"] = "b"
+        api = NamespacedListApi([red])
+        engine = leading_engine(api, EngineSettings(cluster_policies=True))
+        cluster = policy_manifest("per-team", {}, ["team"], 1)
+        cluster["kind"] = "ClusterConcurrencyPolicy"
+        cluster["spec"]["selector"] = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
+        cluster["spec"]["namespaceSelector"] = {"matchLabels": {"tenant": "true"}}
+        cluster_body = body(cluster, "cluster-uid", 2)
+        del cluster_body["metadata"]["namespace"]
+        engine.observe_policy("ADDED", cluster_body)
+        engine.observe_namespace("ADDED", "b", {})
+        term = term_of(engine)
+        engine.observe_job("ADDED", red)
+        before = set(term.jobs.jobs)
+        await engine._follow_streams(term)  # the streams for the cluster policy
+        engine.observe_namespace("MODIFIED", "b", {"tenant": "true"})
+        assert term.streams_stale and term.relabeled == {"b"}
+        await engine._follow_streams(term)
+        after = set(term.jobs.jobs)
+        for stream in list(term.streams.values()):
+            stream.cancel()
+        await asyncio.gather(*term.streams.values(), return_exceptions=True)
+        await engine.close()
+        return api, before, after
+
+    api, before, after = asyncio.run(scenario())
+    assert before == set()  # ungoverned: not kept
+    assert ("b", "team") in api.listed  # listed again in that namespace, with the cluster policy's selector
+    assert after == {"uid-red"}

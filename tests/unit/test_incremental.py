@@ -12,12 +12,37 @@ from jobgate.core import incremental
 from jobgate.core.admission import Plan, plan, tally
 from jobgate.core.incremental import IncrementalPlanner
 from jobgate.core.jobs import QUEUED_LABEL, JobView
-from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement, PolicySpec
+from jobgate.core.policy import (
+    NAMESPACE_KEY,
+    ClusterPolicySpec,
+    ConcurrencyPolicy,
+    LabelSelector,
+    LabelSelectorRequirement,
+    PolicySpec,
+)
 from tests.support.views import job, policy
 
 NAMESPACES = ("a", "b")
 VALUES = ("x", "y", "")  # "" stands for an absent label
-KEY_LABELS: tuple[list[str], ...] = (["k1"], ["k2"], [], ["k1", "k2"], [])  # [] twice: keyless caps are common
+# [] twice: keyless caps are common. The namespace as a key part, alone or with a label.
+KEY_LABELS: tuple[list[str], ...] = (
+    ["k1"],
+    ["k2"],
+    [],
+    ["k1", "k2"],
+    [],
+    [NAMESPACE_KEY],
+    ["k1", NAMESPACE_KEY],
+    ["k1"],
+)
+# A ClusterConcurrencyPolicy's namespaceSelector, over the Namespaces' "team" label (NAMESPACE_LABELS).
+NAMESPACE_SELECTORS = (
+    LabelSelector(),
+    LabelSelector(matchLabels={"team": "x"}),
+    LabelSelector(matchExpressions=[LabelSelectorRequirement(key="team", operator="Exists")]),
+    LabelSelector(matchExpressions=[LabelSelectorRequirement(key="team", operator="NotIn", values=["y"])]),
+)
+NAMESPACE_LABELS: tuple[dict[str, str], ...] = ({}, {"team": "x"}, {"team": "y"})
 SELECTORS = (
     LabelSelector(matchLabels={"app": "x"}),
     LabelSelector(matchLabels={"app": "y"}),
@@ -41,8 +66,8 @@ def events(least: int, most: int) -> st.SearchStrategy[list[Event]]:
     )
 
 
-# Setting up: policies are created, Jobs arrive (queued, running or held).
-SETUP_KINDS = (15, 0, 4, 15, 0, 0, 5, 0)
+# Setting up: policies are created, Jobs arrive (queued, running or held), Namespaces are labeled.
+SETUP_KINDS = (15, 0, 4, 15, 0, 0, 5, 0, 20)
 
 
 @dataclasses.dataclass
@@ -51,6 +76,7 @@ class History:
 
     policies: dict[tuple[str, str], ConcurrencyPolicy] = dataclasses.field(default_factory=dict)
     jobs: dict[str, JobView] = dataclasses.field(default_factory=dict)
+    namespaces: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     assumed: set[str] = dataclasses.field(default_factory=set)
     planner: IncrementalPlanner = dataclasses.field(default_factory=IncrementalPlanner)
     last: Plan = dataclasses.field(default_factory=Plan)
@@ -59,6 +85,10 @@ class History:
     def put_policy(self, p: ConcurrencyPolicy) -> None:
         self.policies[(p.namespace, p.name)] = p
         self.planner.upsert_policy(p)
+
+    def label_namespace(self, name: str, labels: dict[str, str]) -> None:
+        self.namespaces[name] = labels
+        self.planner.upsert_namespace(name, labels)
 
     def put_job(self, view: JobView) -> None:
         self.serial += 1
@@ -73,7 +103,7 @@ class History:
 
     def apply(self, event: Event) -> None:
         kind, a, b, c, d = event
-        kind %= 20
+        kind %= 22
         picked = self.pick(a)
         match kind:
             case 0 | 1 | 2 | 3 | 4 | 5:  # a Job arrives: queued by the webhook, running (not ours to hold), or held
@@ -130,7 +160,8 @@ class History:
             case 14 if picked is not None:  # its priority changes
                 self.put_job(dataclasses.replace(picked, priority=b % 3))
             case 15 | 16:  # a policy is created (or replaced), or changes its limits or its queue's bound
-                ref = (NAMESPACES[a % 2], f"p{b % 3}")
+                # One in three is a ClusterConcurrencyPolicy (namespace "").
+                ref = (("", *NAMESPACES)[a % 3], f"p{b % 3}")
                 existing = self.policies.get(ref)
                 if existing is not None and kind == 16:
                     spec = existing.spec.model_dump(exclude_none=True)
@@ -152,6 +183,9 @@ class History:
                     if d & 16:  # a bounded queue
                         spec["maxQueued"] = (b >> 4) % 3
                         spec["overflow"] = "ReplaceOldest" if d & 32 else "Reject"
+                    if not ref[0]:
+                        selector = NAMESPACE_SELECTORS[(d >> 6) % len(NAMESPACE_SELECTORS)]
+                        spec["namespaceSelector"] = selector.model_dump(exclude_none=True)
                     created, generation = float((d >> 2) % 2) * 7, 1
                 self.put_policy(
                     ConcurrencyPolicy(
@@ -160,7 +194,7 @@ class History:
                         uid=f"uid-{ref}",
                         generation=generation,
                         created=created,
-                        spec=PolicySpec.model_validate(spec),
+                        spec=(ClusterPolicySpec if not ref[0] else PolicySpec).model_validate(spec),
                     )
                 )
             case 17 if self.policies:  # a policy is deleted
@@ -172,12 +206,16 @@ class History:
             case 19 if picked is not None and picked.suspended:  # the watch shows an admission before its answer
                 self.assumed.discard(picked.uid)
                 self.put_job(dataclasses.replace(picked, suspended=False, admitted_at=5.0))
+            case 20 | 21:  # a Namespace is labeled, relabeled or unlabeled
+                self.label_namespace(NAMESPACES[a % 2], NAMESPACE_LABELS[b % len(NAMESPACE_LABELS)])
             case _:
                 pass
 
     def check(self) -> None:
         """Both planners agree on every decision."""
-        expected = plan(list(self.policies.values()), list(self.jobs.values()), self.assumed)
+        expected = plan(
+            list(self.policies.values()), list(self.jobs.values()), self.assumed, namespaces=self.namespaces
+        )
         got = self.planner.plan(self.assumed)
         assert [(j.uid, j.resource_version) for j in got.admit] == [(j.uid, j.resource_version) for j in expected.admit]
         assert [j.uid for j in got.resuspend] == [j.uid for j in expected.resuspend]
@@ -188,7 +226,7 @@ class History:
         for slot, count in expected.running.items():
             assert self.planner.running_count(slot) == count
         # What the status writer reads: (running, queued) per key, and the longest wait, per policy.
-        tallied = tally(list(self.policies.values()), self.jobs.values(), self.assumed)
+        tallied = tally(list(self.policies.values()), self.jobs.values(), self.assumed, namespaces=self.namespaces)
         for ref, keys in tallied.items():
             assert self.planner.key_counts(ref) == {key: s.counts for key, s in keys.items() if s.counts != (0, 0)}
             oldest = min((j.queued_since for s in keys.values() for j in s.queued), default=None)
@@ -206,7 +244,7 @@ def run_history(setup: list[Event], steps: list[Event]) -> None:
         history.apply((SETUP_KINDS[kind % len(SETUP_KINDS)], *rest))  # type: ignore[arg-type]
     # Half of the time the planner starts from a LIST of what is there, as after a restart.
     if setup and setup[0][1] % 2:
-        history.planner = IncrementalPlanner(history.policies.values(), history.jobs.values())
+        history.planner = IncrementalPlanner(history.policies.values(), history.jobs.values(), history.namespaces)
     history.check()
     for event in steps:
         history.apply(event)

@@ -16,7 +16,7 @@ from jobgate.core.match_conditions import (
     selector_expression,
     webhook_scope,
 )
-from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
+from jobgate.core.policy import ClusterPolicySpec, ConcurrencyPolicy, LabelSelector
 
 
 def policy(namespace: str, name: str, selector: dict[str, Any]) -> ConcurrencyPolicy:
@@ -136,3 +136,36 @@ def test_the_budget_holds_for_any_number_of_policies() -> None:
     assert expression.count("has(object.metadata.labels)") <= TERM_BUDGET  # one per selector
     assert Precision.NAMESPACE in scope.precision.values()
     assert Precision.SELECTOR in scope.precision.values()
+
+
+def cluster_policy(name: str, selector: dict[str, Any]) -> ConcurrencyPolicy:
+    return ConcurrencyPolicy.model_validate(
+        {
+            "namespace": "",
+            "name": name,
+            "uid": f"cluster-{name}",
+            "generation": 1,
+            "created": 0.0,
+            "spec": ClusterPolicySpec.model_validate(
+                {"selector": selector, "namespaceSelector": {"matchLabels": {"tenant": "true"}}, "maxConcurrent": 1}
+            ),
+        }
+    )
+
+
+def test_a_cluster_policy_adds_its_selector_in_any_namespace() -> None:
+    team = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
+    billing = policy("billing", "p", {"matchLabels": {"app": "x"}})
+    scope = webhook_scope([billing, cluster_policy("per-team", team)])
+    (alone,) = webhook_scope([billing]).conditions
+    team_term = selector_expression(LabelSelector.model_validate(team))
+    assert scope.conditions[0]["expression"] == f"{alone['expression']} || ({team_term})"
+    assert "namespaceObject" not in team_term  # the API server leaves it empty for webhooks
+    assert scope.precision == {"billing": Precision.SELECTOR, "": Precision.ANY_NAMESPACE}
+
+
+def test_cluster_policies_over_the_budget_leave_no_condition() -> None:
+    policies = [cluster_policy(f"p{i}", big_selector(5 + i)) for i in range(20)]
+    scope = webhook_scope(policies, budget=2_000)
+    assert scope.conditions == ()
+    assert scope.precision == {"": Precision.UNSCOPED}

@@ -15,7 +15,7 @@ from jobgate.cli.render import Report, render, use_colour
 from jobgate.cli.report import human_duration, queue_report, selector_mismatch, status_report, why_report
 from jobgate.core.admission import plan
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement
+from jobgate.core.policy import ClusterPolicySpec, ConcurrencyPolicy, LabelSelector, LabelSelectorRequirement
 from tests.support.views import NS, job, policy
 
 NOW = 10_000.0
@@ -465,3 +465,41 @@ def test_status_says_when_a_queue_is_full_and_why_says_which_job_goes() -> None:
     assert "queue full (2/1, ReplaceOldest)" in table
     assert "jobgate will delete it at its next decision" in why_report(jobs[1], [bounded], jobs, NOW).summary
     assert why_report(jobs[2], [bounded], jobs, NOW).evict is False
+
+
+def test_a_cluster_policy_counts_a_key_across_namespaces_in_status_queue_and_why() -> None:
+    per_team = ConcurrencyPolicy(
+        namespace="",
+        name="per-team",
+        uid="uid-per-team",
+        generation=1,
+        created=0.0,
+        spec=ClusterPolicySpec.model_validate(
+            {"selector": {}, "namespaceSelector": {"matchLabels": {"tenant": "true"}}, "keyLabels": ["team"]}
+            | {"maxConcurrent": 2}
+        ),
+    )
+    tenants = {"a": {"tenant": "true"}, "b": {"tenant": "true"}, "c": {}}
+    red = {"team": "red"}
+    jobs = [
+        job("r1", red, namespace="a", suspended=False, admitted=True, created=1),
+        job("r2", red, namespace="b", suspended=False, admitted=True, created=2),
+        job("q1", red, namespace="b", created=3),
+        job("elsewhere", red, namespace="c", created=4),
+    ]
+    [summary] = status_report(None, [per_team], jobs, NOW, namespaces=tenants).policies
+    assert (summary.namespace, summary.running, summary.queued) == ("", 2, 1)
+    table = render(status_report(None, [per_team], jobs, NOW, namespaces=tenants), "table")
+    assert table.startswith("per-team (cluster-wide): max 2 per team across namespaces; 2 running, 1 queued")
+    queue = queue_report(per_team, [per_team], jobs, NOW, namespaces=tenants)
+    assert [e.name for e in queue.entries] == ["b/q1"]
+    why = why_report(jobs[2], [per_team], jobs, NOW, namespaces=tenants)
+    assert why.summary.startswith(
+        "Job 'q1' is queued and waits for a slot in cluster policy 'per-team' for team=red "
+        "(2/2 running across namespaces: a/r1, b/r2; position 1 of 1)."
+    )
+    outside = why_report(jobs[3], [per_team], jobs, NOW, namespaces=tenants)
+    assert outside.state == "suspended"
+    assert [u.reason for u in outside.unmatched] == [
+        "cluster policy: its namespaceSelector does not select namespace 'c'"
+    ]

@@ -119,3 +119,26 @@ def test_five_thousand_policies_over_many_namespaces_hold_one_stream_per_scope()
     assert {(s.namespace, s.selector) for s in streams} == {(None, QUEUED_LABEL), (None, "app in (export),customer")}
     few = wanted(policies[:40], scopes=[None], job_selector=None)
     assert len(few) == 41  # below every bound: one stream per selector, as before
+
+
+def cluster_policy(name: str, selector: dict[str, Any]) -> ConcurrencyPolicy:
+    body = policy_manifest(name, {}, [], 1)
+    body["kind"] = "ClusterConcurrencyPolicy"
+    body["spec"].update(selector=selector, namespaceSelector={"matchLabels": {"tenant": "true"}})
+    body["metadata"].update(uid=name, resourceVersion="1", creationTimestamp="2026-01-01T00:00:00Z")
+    return ConcurrencyPolicy.from_body(body)
+
+
+def test_a_cluster_policys_selector_is_streamed_in_every_scope() -> None:
+    policies = [cluster_policy("per-team", {"matchExpressions": [{"key": "team", "operator": "Exists"}]})]
+    everywhere = wanted([*policies, policy("exports", "a", EXPORTS)], scopes=[None], job_selector=None)
+    assert {(s.namespace, s.selector) for s in everywhere} == {
+        (None, QUEUED_LABEL),
+        (None, "team"),
+        ("a", "app=export"),
+    }
+    # The API server cannot select Jobs by their Namespace's labels: the stream covers every namespace's.
+    (team,) = [s for s in everywhere if s.selector == "team"]
+    assert team.covers(job("anywhere", {"team": "red"}))
+    scoped = wanted(policies, scopes=["a", "b"], job_selector=None)
+    assert {(s.namespace, s.selector) for s in scoped if s.selector == "team"} == {("a", "team"), ("b", "team")}

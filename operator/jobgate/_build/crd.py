@@ -1,8 +1,8 @@
-"""Generate the ConcurrencyPolicy CRD from the pydantic models (`make crds`).
+"""Generate the ConcurrencyPolicy and ClusterConcurrencyPolicy CRDs from the pydantic models (`make crds`).
 
-The committed `charts/jobgate/files/crds/concurrencypolicies.jobgate.dev.yaml` is
-this module's output, and the only copy: the chart renders it (templates/crd.yaml),
-`kubectl apply -f` takes it as it is. A test fails when it is stale.
+The committed `charts/jobgate/files/crds/<plural>.jobgate.dev.yaml` files are
+this module's output, and the only copies: the chart renders them (templates/crd.yaml),
+`kubectl apply -f` takes them as they are. A test fails when one is stale.
 """
 
 from __future__ import annotations
@@ -14,12 +14,29 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from jobgate.core.policy import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, PolicySpec, PolicyStatus
+from jobgate.core.policy import (
+    CLUSTER_KIND,
+    CLUSTER_PLURAL,
+    CLUSTER_SHORT_NAMES,
+    CLUSTER_SINGULAR,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    ClusterPolicySpec,
+    PolicySpec,
+    PolicyStatus,
+)
 
 REPO = Path(__file__).resolve().parents[3]
-CRD_FILE = REPO / "charts" / "jobgate" / "files" / "crds" / f"{PLURAL}.{GROUP}.yaml"
-# The same generated file, for `kubectl apply -f crds/` without Helm (the chart can only read its own folder).
+CRD_DIR = REPO / "charts" / "jobgate" / "files" / "crds"
+CRD_FILE = CRD_DIR / f"{PLURAL}.{GROUP}.yaml"
+CLUSTER_CRD_FILE = CRD_DIR / f"{CLUSTER_PLURAL}.{GROUP}.yaml"
+# The same generated files, for `kubectl apply -f crds/` without Helm (the chart can only read its own folder).
 PUBLISHED_CRD_FILE = REPO / "crds" / f"{PLURAL}.{GROUP}.yaml"
+PUBLISHED_CLUSTER_CRD_FILE = REPO / "crds" / f"{CLUSTER_PLURAL}.{GROUP}.yaml"
 
 PRINTER_COLUMNS = [
     {
@@ -100,24 +117,39 @@ def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def render_crd() -> dict[str, Any]:
-    spec = structural_schema(PolicySpec)
+def render_crd(cluster: bool = False) -> dict[str, Any]:
+    """The ConcurrencyPolicy CRD, or with `cluster` the ClusterConcurrencyPolicy CRD."""
+    spec = structural_schema(ClusterPolicySpec if cluster else PolicySpec)
     spec["description"] = "Limits how many Jobs that the selector matches run at once, per value of keyLabels."
+    if cluster:
+        spec["description"] += " A key spans the namespaces that namespaceSelector selects."
     status = structural_schema(PolicyStatus)
     status["description"] = "Written by jobgate only: what it sees and does for this policy."
+    kind, plural, singular, short_names = (
+        (CLUSTER_KIND, CLUSTER_PLURAL, CLUSTER_SINGULAR, CLUSTER_SHORT_NAMES)
+        if cluster
+        else (KIND, PLURAL, SINGULAR, SHORT_NAMES)
+    )
+    description = (
+        "ClusterConcurrencyPolicy limits how many Jobs run at once per value of a label, across namespaces: "
+        "at most three Jobs per team in every tenant namespace together."
+        if cluster
+        else "ConcurrencyPolicy limits how many Jobs run at once per value "
+        "of a label: one export per customer-id, three backups per database."
+    )
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": "Cluster" if cluster else "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": ["jobgate"],
             },
             "versions": [
@@ -130,8 +162,7 @@ def render_crd() -> dict[str, Any]:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "ConcurrencyPolicy limits how many Jobs run at once per value "
-                            "of a label: one export per customer-id, three backups per database.",
+                            "description": description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},
@@ -148,9 +179,9 @@ def render_crd() -> dict[str, Any]:
     }
 
 
-def render_crd_yaml() -> str:
+def render_crd_yaml(cluster: bool = False) -> str:
     header = "# Generated from operator/jobgate/core/policy.py by `make crds`. Do not edit.\n"
-    return header + yaml.safe_dump(render_crd(), sort_keys=False, width=120)
+    return header + yaml.safe_dump(render_crd(cluster), sort_keys=False, width=120)
 
 
 REFERENCE_START = "<!-- policy-reference: generated by `make crds` from operator/jobgate/core/policy.py -->"
@@ -160,6 +191,7 @@ REFERENCE_END = "<!-- /policy-reference -->"
 def render_reference_markdown() -> str:
     """The README's policy reference: every spec field, its type and description, from the schema."""
     spec = render_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    cluster_spec = render_crd(cluster=True)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     rows = ["| field | type | required | description |", "| --- | --- | --- | --- |"]
 
     def walk(node: dict[str, Any], path: str, required: bool) -> None:
@@ -168,7 +200,10 @@ def render_reference_markdown() -> str:
             kind = f"[]{node['items'].get('type', 'object')}"
         elif kind == "object" and "additionalProperties" in node:
             kind = "map[string]string"
-        rows.append(f"| `{path}` | {kind} | {'yes' if required else 'no'} | {node.get('description', '')} |")
+        description = node.get("description", "")
+        if path == "spec.namespaceSelector":
+            description = f"{CLUSTER_KIND} only (required there). {description}"
+        rows.append(f"| `{path}` | {kind} | {'yes' if required else 'no'} | {description} |")
         children = node.get("properties") or (node.get("items") or {}).get("properties") or {}
         needed = node.get("required") or (node.get("items") or {}).get("required") or []
         suffix = "[]" if node.get("type") == "array" else ""
@@ -176,6 +211,7 @@ def render_reference_markdown() -> str:
             walk(child, f"{path}{suffix}.{name}", name in needed)
 
     walk(spec, "spec", True)
+    walk(cluster_spec["properties"]["namespaceSelector"], "spec.namespaceSelector", False)
     return "\n".join([REFERENCE_START, *rows, REFERENCE_END])
 
 
@@ -189,7 +225,7 @@ def main() -> None:
     if sys.argv[1:] == ["--update-readme"]:
         update_readme(REPO / "README.md")
         return
-    sys.stdout.write(render_crd_yaml())
+    sys.stdout.write(render_crd_yaml(cluster=sys.argv[1:] == ["--cluster"]))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from jobgate.cli.reader import Cluster
     from jobgate.cli.render import Report
     from jobgate.core.jobs import JobView
+    from jobgate.core.policy import ConcurrencyPolicy
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -96,10 +98,14 @@ examples:
   {prog} status -A --limit 5             5 busiest keys per policy, all namespaces
   {prog} status -o name                  concurrencypolicy.jobgate.dev/NAME per policy
 
+ClusterConcurrencyPolicies (when jobgate's CRD for them is installed and you may
+read them) are shown with -A, and with -n for the namespaces they select, as
+NAME (cluster-wide): their counts take every namespace's Jobs.
+
 output fields (-o json|yaml|jsonpath):
   namespace                      the namespace read; null with -A
   policies[]                     by namespace, then name
-    namespace, name, keyLabels, maxConcurrent
+    namespace, name, keyLabels, maxConcurrent   namespace "": a ClusterConcurrencyPolicy
     running, queued, held        Jobs over all keys
     keys                         keys that have running or queued Jobs
     moreKeys                     keys left out by --limit
@@ -134,7 +140,8 @@ order (higher jobgate.dev/priority first, then older, then by name). POSITION
 is its place in its key's queue: 1 is the next to be admitted for its key, as
 soon as the key has a free slot (and every other policy that governs it has
 one too). -l and --key show fewer Jobs, with their ranks and positions in the
-whole queue.
+whole queue. A ClusterConcurrencyPolicy's queue holds Jobs of every namespace
+it selects: they are named NAMESPACE/NAME.
 
 """
     + ESTIMATES
@@ -198,13 +205,15 @@ output fields (-o json|yaml|jsonpath):
   estimatedStart                 for a queued Job: inSeconds (null: unknown), at, basis; else null
   policies[]                     the policies that govern it
     policy, key, missingLabels   its key there; missing key labels count as ""
+    clusterScoped                a ClusterConcurrencyPolicy
+    acrossNamespaces             its key counts the Jobs of every namespace it selects
     running, maxConcurrent       Jobs holding the key's slots, and the key's limit
     ownLimit                     the key has its own limit (spec.limits)
     runningJobs, runningSeconds  their names, in admission order, and how long each has run
     queued, position             the key's queue length, and the Job's place in it (null if not queued)
     slot                         free | taken | full | paused
-  unmatchedPolicies[]            the namespace's other policies
-    policy, reason               why its selector does not match the Job
+  unmatchedPolicies[]            the namespace's other policies, and the cluster policies
+    policy, reason               why its selector (or namespaceSelector) does not match the Job
 
 """
     + EXIT_CODES
@@ -649,31 +658,54 @@ def _counts(report: Report) -> str:
     return json.dumps(strip(report.as_dict()), sort_keys=True)
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """The policies a report shows, and what deciding for them needs."""
+
+    shown: list[ConcurrencyPolicy]  # the namespace's own and the cluster policies that reach it; or all
+    policies: list[ConcurrencyPolicy]  # every policy that may govern the Jobs read
+    namespaces: dict[str, dict[str, str]]  # the Namespaces' labels, when a cluster policy is shown
+    jobs_from: str | None  # where to read Jobs: a cluster policy's keys span every namespace
+
+
+def _scope(cluster: Cluster, namespace: str | None) -> _Scope:
+    from jobgate.core.admission import reaches
+
+    own = cluster.policies(namespace)
+    cluster_wide = cluster.cluster_policies()
+    labels = cluster.namespace_labels() if cluster_wide else {}
+    reaching = [p for p in cluster_wide if namespace is None or reaches(p, namespace, labels)]
+    if not reaching:
+        return _Scope(own, own, {}, namespace)
+    everywhere = own if namespace is None else cluster.policies(None)
+    return _Scope([*own, *reaching], [*everywhere, *cluster_wide], labels, None)
+
+
 def status_of(cluster: Cluster, args: argparse.Namespace, now: float) -> Report:
     from jobgate.cli.report import status_report
 
     namespace = None if args.all_namespaces else args.namespace or cluster.namespace
-    policies = cluster.policies(namespace)
-    only = None
+    scope = _scope(cluster, namespace)
+    only = scope.shown
     if args.policy is not None:
-        only = [p for p in policies if p.name == args.policy]
+        only = [p for p in scope.shown if p.name == args.policy]
         if not only:
             raise _policy_missing(cluster, namespace, args.policy)
-    elif not policies and namespace is not None:
+    elif not scope.shown and namespace is not None:
         _require_namespace(cluster, namespace)
-    jobs = cluster.jobs(namespace) if policies else []
-    return status_report(namespace, policies, jobs, now, args.limit, only)
+    jobs = cluster.jobs(scope.jobs_from) if scope.shown else []
+    return status_report(namespace, scope.policies, jobs, now, args.limit, only, scope.namespaces)
 
 
 def queue_of(cluster: Cluster, args: argparse.Namespace, now: float) -> Report:
     from jobgate.cli.report import queue_list
 
     namespace = None if args.all_namespaces else args.namespace or cluster.namespace
-    policies = cluster.policies(namespace)
-    shown = policies if args.policy is None else [p for p in policies if p.name == args.policy]
+    scope = _scope(cluster, namespace)
+    shown = scope.shown if args.policy is None else [p for p in scope.shown if p.name == args.policy]
     if args.policy is not None and not shown:
         raise _policy_missing(cluster, namespace, args.policy)
-    if not policies and namespace is not None:
+    if not scope.shown and namespace is not None:
         _require_namespace(cluster, namespace)
     key_filter = dict(args.key)
     for policy in shown if key_filter else ():
@@ -681,9 +713,11 @@ def queue_of(cluster: Cluster, args: argparse.Namespace, now: float) -> Report:
         if unknown:
             labels = ", ".join(policy.spec.keyLabels) or "none"
             raise UsageError(f"policy '{policy.name}' has no key label {', '.join(unknown)} (its key labels: {labels})")
-    jobs, runs = cluster.jobs_and_runs(namespace) if policies else ([], {})
-    selected = None if args.selector is None else {j.uid for j in cluster.selected(namespace, args.selector)}
-    queues = queue_list(namespace, shown, policies, jobs, now, key_filter, args.limit, runs, selected)
+    jobs, runs = cluster.jobs_and_runs(scope.jobs_from) if scope.shown else ([], {})
+    selected = None if args.selector is None else {j.uid for j in cluster.selected(scope.jobs_from, args.selector)}
+    queues = queue_list(
+        namespace, shown, scope.policies, jobs, now, key_filter, args.limit, runs, selected, scope.namespaces
+    )
     if args.policy is not None and not args.all_namespaces:
         return queues.queues[0]
     return queues
@@ -693,9 +727,9 @@ def why_of(cluster: Cluster, args: argparse.Namespace, now: float) -> Report:
     from jobgate.cli.report import why_report
 
     job = _find_job(cluster, args, args.job)
-    policies = cluster.policies(job.namespace)
-    jobs, runs = cluster.jobs_and_runs(job.namespace) if policies else ([job], {})
-    return why_report(job, policies, jobs, now, runs)
+    scope = _scope(cluster, job.namespace)
+    jobs, runs = cluster.jobs_and_runs(scope.jobs_from) if scope.shown else ([job], {})
+    return why_report(job, scope.policies, jobs, now, runs, scope.namespaces)
 
 
 def _find_job(cluster: Cluster, args: argparse.Namespace, name: str) -> JobView:

@@ -29,7 +29,7 @@ from kubernetes.config import ConfigException
 
 from jobgate.cli.report import RunTimes
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import GROUP, PLURAL, VERSION, ConcurrencyPolicy
+from jobgate.core.policy import CLUSTER_KIND, CLUSTER_PLURAL, GROUP, PLURAL, VERSION, ConcurrencyPolicy
 from jobgate.core.timestamps import parse_timestamp
 from jobgate.kube import paging
 
@@ -45,6 +45,10 @@ class NotFound(Exception):
 
 class Unreachable(Exception):
     """No usable kubeconfig, no answer from the API, or the credentials are not allowed."""
+
+
+class Forbidden(Unreachable):
+    """The credentials are not allowed to do this (403)."""
 
 
 class Rejected(Exception):
@@ -72,6 +76,20 @@ class Cluster:
         path = f"/apis/{GROUP}/{VERSION}/{_scope(namespace)}{PLURAL}"
         missing = f"this cluster does not serve ConcurrencyPolicies ({GROUP}/{VERSION}): is jobgate's CRD installed?"
         return [ConcurrencyPolicy.from_body(body) for body in self._list(path, missing)]
+
+    def cluster_policies(self) -> list[ConcurrencyPolicy]:
+        """The ClusterConcurrencyPolicies; none when their CRD is not installed or the user may not read them."""
+        path = f"/apis/{GROUP}/{VERSION}/{CLUSTER_PLURAL}"
+        try:
+            bodies = self._list(path, "")
+        except (NotFound, Forbidden):
+            return []
+        return [ConcurrencyPolicy.from_body({**body, "kind": CLUSTER_KIND}) for body in bodies]
+
+    def namespace_labels(self) -> dict[str, dict[str, str]]:
+        """Every Namespace's labels, by name: what ClusterConcurrencyPolicies' namespaceSelectors read."""
+        listed = self._list("/api/v1/namespaces", "no namespaces")
+        return {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in listed}
 
     def jobs(self, namespace: str | None) -> list[JobView]:
         return self.jobs_and_runs(namespace)[0]
@@ -171,7 +189,7 @@ class Cluster:
         if response.status >= 300:
             message = _message(data) or response.reason
             if response.status == 403:
-                raise Unreachable(f"not allowed: {message}")
+                raise Forbidden(f"not allowed: {message}")
             raise Unreachable(f"the Kubernetes API at {self.server} answered {response.status}: {message}")
         return json.loads(data)
 

@@ -29,6 +29,7 @@ from jobgate.cli.report import (
     human_duration,
 )
 from jobgate.core.admission import describe_key
+from jobgate.core.policy import NAMESPACE_KEY
 
 # Every -o value; "jsonpath=TEMPLATE" takes a kubectl JSONPath template (see jsonpath.py).
 OUTPUTS = ("table", "wide", "json", "yaml", "name", "jsonpath=TEMPLATE")
@@ -73,7 +74,10 @@ def render(report: Report, output: str, colour: bool = False, width: int = 100) 
 def names(report: Report) -> list[str]:
     """What ``-o name`` prints: the objects a report is about, as kubectl names them."""
     if isinstance(report, StatusReport):
-        return [f"concurrencypolicy.jobgate.dev/{p.name}" for p in report.policies]
+        return [
+            f"{'clusterconcurrencypolicy' if not p.namespace else 'concurrencypolicy'}.jobgate.dev/{p.name}"
+            for p in report.policies
+        ]
     if isinstance(report, QueueReport):
         return [f"job.batch/{e.name}" for e in report.entries]
     if isinstance(report, QueueList):
@@ -153,11 +157,11 @@ def _start_sentence(estimate: StartEstimate) -> str:
     return f"Estimated start: in about {human_duration(estimate.start_in)}{at}; {estimate.basis}."
 
 
-def _limit(max_concurrent: int, key_labels: Sequence[str]) -> str:
+def _limit(max_concurrent: int, key_labels: Sequence[str], across: bool = False) -> str:
     if max_concurrent == 0:
         return "paused (maxConcurrent 0)"
     per = f"per {','.join(key_labels)}" if key_labels else "for all its Jobs"
-    return f"max {max_concurrent} {per}"
+    return f"max {max_concurrent} {per}" + (" across namespaces" if across else "")
 
 
 def _usage(running: int, max_concurrent: int) -> _Cell:
@@ -177,9 +181,19 @@ def _status(report: StatusReport, paint: _Paint) -> list[str]:
     return lines
 
 
+def _across(namespace: str, key_labels: Sequence[str]) -> bool:
+    """A cluster policy's keys span namespaces, unless it keys on the namespace."""
+    return not namespace and NAMESPACE_KEY not in key_labels
+
+
+def _title(namespace: str, name: str) -> str:
+    """``team-a/exports``; a ClusterConcurrencyPolicy (no namespace) says what it is."""
+    return f"{namespace}/{name}" if namespace else f"{name} (cluster-wide)"
+
+
 def _policy_status(policy: PolicySummary, paint: _Paint) -> list[str]:
-    title = paint(f"{policy.namespace}/{policy.name}", BOLD)
-    limit = _limit(policy.max_concurrent, policy.key_labels)
+    title = paint(_title(policy.namespace, policy.name), BOLD)
+    limit = _limit(policy.max_concurrent, policy.key_labels, _across(policy.namespace, policy.key_labels))
     if policy.max_queued is not None:
         limit += f", queue {policy.max_queued} ({policy.overflow})"
     if not policy.keys:
@@ -226,9 +240,10 @@ def _queues(report: QueueList, paint: _Paint, wide: bool) -> list[str]:
 
 
 def _queue(report: QueueReport, paint: _Paint, wide: bool = False) -> list[str]:
-    title = paint(f"{report.namespace}/{report.policy}", BOLD)
+    title = paint(_title(report.namespace, report.policy), BOLD)
     scope = f" (showing {describe_key(report.key_filter)})" if report.key_filter else ""
-    lines = [f"{title}: {_limit(report.max_concurrent, report.key_labels)}; {report.queued} queued{scope}"]
+    limit = _limit(report.max_concurrent, report.key_labels, _across(report.namespace, report.key_labels))
+    lines = [f"{title}: {limit}; {report.queued} queued{scope}"]
     if not report.entries:
         lines.append("No queued Jobs" + (" for this key." if report.key_filter else "."))
         return lines
@@ -263,7 +278,7 @@ def _why(report: WhyReport, paint: _Paint, width: int, wide: bool = False) -> li
     if report.governors:
         rows: list[list[_Cell | str]] = [
             [
-                g.policy,
+                f"{g.policy} (cluster-wide)" if g.cluster_scoped else g.policy,
                 describe_key(g.key),
                 _usage(g.running, g.max_concurrent),
                 f"{g.position} of {g.queued}" if g.position is not None else "-",

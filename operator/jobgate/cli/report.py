@@ -16,7 +16,7 @@ from jobgate.core import admission
 from jobgate.core.admission import describe_key
 from jobgate.core.estimate import Estimate, estimate_start
 from jobgate.core.jobs import HOLD, JobView
-from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
+from jobgate.core.policy import NAMESPACE_KEY, ConcurrencyPolicy, LabelSelector
 from jobgate.core.timestamps import format_kubernetes_time
 
 Slot = Literal["free", "taken", "full", "paused"]
@@ -54,8 +54,13 @@ def waited(job: JobView, now: float) -> float:
 class _Decision:
     """The tally and the plan for one set of policies and Jobs, computed once."""
 
-    def __init__(self, policies: Sequence[ConcurrencyPolicy], jobs: Sequence[JobView]) -> None:
-        self.index = admission.PolicyIndex(policies)
+    def __init__(
+        self,
+        policies: Sequence[ConcurrencyPolicy],
+        jobs: Sequence[JobView],
+        namespaces: admission.NamespaceLabels = admission.NO_NAMESPACES,
+    ) -> None:
+        self.index = admission.PolicyIndex(policies, namespaces)
         self.tally = admission.tally(policies, jobs, index=self.index)
         self.plan = admission.plan(policies, jobs, index=self.index)
         self.admit = {job.uid for job in self.plan.admit}
@@ -275,15 +280,17 @@ def status_report(
     now: float,
     limit: int = 0,
     only: Iterable[ConcurrencyPolicy] | None = None,
+    namespaces: admission.NamespaceLabels = admission.NO_NAMESPACES,
 ) -> StatusReport:
     """Per policy (``only`` these, all by default) and key: running, queued, held, oldest wait.
 
     ``namespace`` is the one that was read (None: all); ``policies`` and ``jobs`` are all of it.
 
     Keys are sorted as in the policy's ``status.busiestKeys`` (most queued, then
-    most running); ``limit`` keeps that many per policy, 0 keeps all.
+    most running); ``limit`` keeps that many per policy, 0 keeps all. ``namespaces``: the
+    Namespaces' labels, for ClusterConcurrencyPolicies (namespace "" in the summary).
     """
-    decision = _Decision(policies, jobs)
+    decision = _Decision(policies, jobs, namespaces)
     summaries = []
     for policy in sorted(policies if only is None else only, key=admission.policy_ref):
         keys = decision.keys(policy)
@@ -401,6 +408,7 @@ def queue_report(
     limit: int = 0,
     runs: Mapping[str, RunTimes] | None = None,
     selected: Collection[str] | None = None,
+    namespaces: admission.NamespaceLabels = admission.NO_NAMESPACES,
 ) -> QueueReport:
     """The policy's queued Jobs in admission order, with their rank, their position in their key, and estimates.
 
@@ -410,7 +418,7 @@ def queue_report(
     positions stay those in the whole queue. ``runs`` has the start and end of
     the Jobs that have them: estimates learn run times from them.
     """
-    return queue_list(None, [policy], policies, jobs, now, key_filter, limit, runs, selected).queues[0]
+    return queue_list(None, [policy], policies, jobs, now, key_filter, limit, runs, selected, namespaces).queues[0]
 
 
 def queue_list(
@@ -423,9 +431,13 @@ def queue_list(
     limit: int = 0,
     runs: Mapping[str, RunTimes] | None = None,
     selected: Collection[str] | None = None,
+    namespaces: admission.NamespaceLabels = admission.NO_NAMESPACES,
 ) -> QueueList:
-    """``queue_report`` for each of the ``shown`` policies, deciding once."""
-    decision = _Decision(policies, jobs)
+    """``queue_report`` for each of the ``shown`` policies, deciding once.
+
+    A ClusterConcurrencyPolicy's queue holds Jobs of several namespaces: they are named "namespace/name".
+    """
+    decision = _Decision(policies, jobs, namespaces)
     runs = runs or {}
     history = _History(decision.index, jobs, runs)
     wanted = dict(key_filter or {})
@@ -448,7 +460,7 @@ def queue_list(
                 continue  # counted, not shown: no estimate needed
             entries.append(
                 QueueEntry(
-                    name=job.name,
+                    name=_job_name(policy, job),
                     key=named,
                     rank=rank,
                     position=position,
@@ -479,6 +491,16 @@ def queue_list(
 # --- why -----------------------------------------------------------------------------------------
 
 
+def _job_name(policy: ConcurrencyPolicy, job: JobView) -> str:
+    """A Job as a policy's lists name it: "namespace/name" under a cluster policy, whose keys span namespaces."""
+    return f"{job.namespace}/{job.name}" if policy.cluster_scoped else job.name
+
+
+def _across(policy: ConcurrencyPolicy) -> bool:
+    """Whether a key's Jobs may be in several namespaces: a cluster policy not keyed on jobgate.dev/namespace."""
+    return policy.cluster_scoped and NAMESPACE_KEY not in policy.spec.keyLabels
+
+
 @dataclass(frozen=True)
 class Governor:
     """One policy that governs the Job: its key there, the slot's occupants, the Job's place in line."""
@@ -494,10 +516,22 @@ class Governor:
     queued: int
     position: int | None  # in the key's queue, when the Job is queued
     slot: Slot  # at the next decision: free, taken (by Jobs before it), full, or paused (max 0)
+    cluster_scoped: bool = False  # a ClusterConcurrencyPolicy
+    across_namespaces: bool = False  # its key counts Jobs of every namespace it selects
+
+    @property
+    def title(self) -> str:
+        return f"cluster policy '{self.policy}'" if self.cluster_scoped else f"policy '{self.policy}'"
+
+    @property
+    def where(self) -> str:
+        return " across namespaces" if self.across_namespaces else ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy,
+            "clusterScoped": self.cluster_scoped,
+            "acrossNamespaces": self.across_namespaces,
             "key": self.key,
             "missingLabels": self.missing_labels,
             "running": self.running,
@@ -542,7 +576,7 @@ class WhyReport:
         """One or two sentences that answer "why"."""
         job = f"Job '{self.name}'"
         slots = " and ".join(
-            f"policy '{g.policy}' ({describe_key(g.key)}: {g.running}/{g.max_concurrent} running"
+            f"{g.title} ({describe_key(g.key)}: {g.running}/{g.max_concurrent} running{g.where}"
             f"{' under its own limit' if g.own_limit else ''})"
             for g in self.governors
         )
@@ -618,15 +652,17 @@ def why_report(
     jobs: Sequence[JobView],
     now: float,
     runs: Mapping[str, RunTimes] | None = None,
+    namespaces: admission.NamespaceLabels = admission.NO_NAMESPACES,
 ) -> WhyReport:
-    """Why ``job`` waits, runs, or is left alone; ``policies`` and ``jobs`` are those of its namespace.
+    """Why ``job`` waits, runs, or is left alone; ``policies`` and ``jobs`` are those of its namespace
+    (of every namespace, when a ClusterConcurrencyPolicy reaches it: ``namespaces`` has their labels).
 
     ``runs``: the start and end of the Jobs that have them, for the estimated start.
     """
     jobs = [*(j for j in jobs if j.uid != job.uid), job]
-    decision = _Decision(policies, jobs)
+    decision = _Decision(policies, jobs, namespaces)
     runs = runs or {}
-    govs = admission.governance(policies, job)
+    govs = admission.governance(policies, job, namespaces)
     governors = []
     for gov in govs:
         occupants = decision.keys(gov.policy).get(gov.key, admission.KeyState())
@@ -639,14 +675,16 @@ def why_report(
                 running=len(occupants.running),
                 max_concurrent=gov.policy.limit_for(gov.key),
                 own_limit=gov.policy.has_own_limit(gov.key),
-                running_jobs=[j.name for j in occupants.running],
+                running_jobs=[_job_name(gov.policy, j) for j in occupants.running],
                 running_for=[_elapsed(runs.get(j.uid), now) for j in occupants.running],
                 queued=len(occupants.queued),
                 position=line.index(job.uid) + 1 if job.uid in line else None,
                 slot=decision.slot(gov.policy, gov.key, job),
+                cluster_scoped=gov.policy.cluster_scoped,
+                across_namespaces=_across(gov.policy),
             )
         )
-    governing = {gov.policy.name for gov in govs}
+    governing = {admission.policy_ref(gov.policy) for gov in govs}
     state: State
     ignored = job.foreign if governors else None
     if governors and job.suspended and not job.finished and not job.held and not job.marked and ignored is None:
@@ -679,28 +717,35 @@ def why_report(
         governors=governors,
         ignored=ignored if state == "not-jobgates" else None,
         unmatched=[
-            Unmatched(p.name, selector_mismatch(p.spec.selector, job.labels))
-            for p in sorted(policies, key=lambda p: p.name)
-            if p.namespace == job.namespace and p.name not in governing
+            Unmatched(p.name, _mismatch(p, job, namespaces))
+            for p in sorted(policies, key=lambda p: (p.cluster_scoped, p.name))
+            if p.namespace in (job.namespace, "") and admission.policy_ref(p) not in governing
         ],
     )
+
+
+def _mismatch(policy: ConcurrencyPolicy, job: JobView, namespaces: admission.NamespaceLabels) -> str:
+    """Why a policy of the Job's namespace, or a cluster policy, does not govern it."""
+    if not admission.reaches(policy, job.namespace, namespaces):
+        return f"cluster policy: its namespaceSelector does not select namespace '{job.namespace}'"
+    return ("cluster policy: " if policy.cluster_scoped else "") + selector_mismatch(policy.spec.selector, job.labels)
 
 
 def _blocker(g: Governor) -> str:
     line = f"position {g.position} of {g.queued}" if g.position is not None else "not in line"
     if g.slot == "paused":
-        return f"policy '{g.policy}', which is paused (maxConcurrent: 0; {line})"
+        return f"{g.title}, which is paused (maxConcurrent: 0; {line})"
     shown = ", ".join(g.running_jobs[:3]) + (", ..." if len(g.running_jobs) > 3 else "")
     holders = f": {shown}" if g.running_jobs else ""
     if g.slot == "full":
         own = " under its own limit" if g.own_limit else ""
         return (
-            f"a slot in policy '{g.policy}' for {describe_key(g.key)} "
-            f"({g.running}/{g.max_concurrent} running{own}{holders}; {line})"
+            f"a slot in {g.title} for {describe_key(g.key)} "
+            f"({g.running}/{g.max_concurrent} running{g.where}{own}{holders}; {line})"
         )
     return (
-        f"a slot in policy '{g.policy}' for {describe_key(g.key)}, whose free slots go to other Jobs "
-        f"at the next decision ({g.running}/{g.max_concurrent} running{holders}; {line})"
+        f"a slot in {g.title} for {describe_key(g.key)}, whose free slots go to other Jobs "
+        f"at the next decision ({g.running}/{g.max_concurrent} running{g.where}{holders}; {line})"
     )
 
 

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import ConcurrencyPolicy
+from jobgate.core.policy import NAMESPACE_KEY, ConcurrencyPolicy
 from jobgate.core.selectors import matches
 
 Key = tuple[str, ...]
-PolicyRef = tuple[str, str]  # (namespace, name)
+PolicyRef = tuple[str, str]  # (namespace, name); ("", name) for a ClusterConcurrencyPolicy
+# The labels of each Namespace, by name: what a ClusterConcurrencyPolicy's namespaceSelector reads.
+# A namespace not in it counts as unlabeled.
+NamespaceLabels = Mapping[str, Mapping[str, str]]
+NO_NAMESPACES: NamespaceLabels = {}
 KeyCounts = tuple[int, int]  # (running, queued) of one key
 
 
@@ -65,14 +69,35 @@ class Labeled(Protocol):
     def labels(self) -> Mapping[str, str]: ...
 
 
-def governance(policies: Iterable[ConcurrencyPolicy], job: Labeled) -> list[Governance]:
-    """The policies that govern the Job (same namespace, selector matches), with its key under each."""
+def job_key(key_labels: Sequence[str], namespace: str, labels: Mapping[str, str]) -> Key:
+    """A Job's key under a policy keyed on `key_labels`: the one definition, which every decision uses.
+
+    Each label's value, "" when the Job lacks it; NAMESPACE_KEY stands for the Job's namespace.
+    A ClusterConcurrencyPolicy's key has no namespace otherwise: its slots span the namespaces.
+    """
+    return tuple(namespace if label == NAMESPACE_KEY else labels.get(label, "") for label in key_labels)
+
+
+def reaches(policy: ConcurrencyPolicy, namespace: str, namespaces: NamespaceLabels) -> bool:
+    """Whether the policy may govern Jobs of the namespace: its own, or one its namespaceSelector selects."""
+    selector = policy.namespace_selector
+    if selector is None:
+        return policy.namespace == namespace
+    return matches(selector, namespaces.get(namespace, {}))
+
+
+def governance(
+    policies: Iterable[ConcurrencyPolicy], job: Labeled, namespaces: NamespaceLabels = NO_NAMESPACES
+) -> list[Governance]:
+    """The policies that govern the Job (its namespace is theirs or selected, selector matches), with its key
+    under each. `namespaces`: the Namespaces' labels, for ClusterConcurrencyPolicies."""
     found = []
     for policy in policies:
-        if policy.namespace != job.namespace or not matches(policy.spec.selector, job.labels):
+        if not reaches(policy, job.namespace, namespaces) or not matches(policy.spec.selector, job.labels):
             continue
-        key = tuple(job.labels.get(label, "") for label in policy.spec.keyLabels)
-        missing = tuple(label for label in policy.spec.keyLabels if label not in job.labels)
+        labels = policy.spec.keyLabels
+        key = job_key(labels, job.namespace, job.labels)
+        missing = tuple(label for label in labels if label not in job.labels and label != NAMESPACE_KEY)
         found.append(Governance(policy, key, missing))
     return found
 
@@ -80,19 +105,38 @@ def governance(policies: Iterable[ConcurrencyPolicy], job: Labeled) -> list[Gove
 class PolicyIndex:
     """Policies grouped by namespace, so that finding a Job's governors costs only its namespace's.
 
-    A Job view's governance is remembered until its labels change: a decision
-    pass over every tracked Job then costs a lookup per Job, not a selector
-    match. The engine keeps one index for as long as the policies do not change.
+    A namespace's policies are its own and the ClusterConcurrencyPolicies whose
+    namespaceSelector matches its labels (`namespaces`, read when first needed). A Job
+    view's governance is remembered until its labels change: a decision pass over every
+    tracked Job then costs a lookup per Job, not a selector match. The engine keeps one
+    index for as long as neither the policies nor the Namespaces' labels change.
     """
 
-    def __init__(self, policies: Iterable[ConcurrencyPolicy]) -> None:
+    def __init__(self, policies: Iterable[ConcurrencyPolicy], namespaces: NamespaceLabels = NO_NAMESPACES) -> None:
         self.by_namespace: dict[str, list[ConcurrencyPolicy]] = defaultdict(list)
+        self.cluster_wide: list[ConcurrencyPolicy] = []
         for policy in policies:
-            self.by_namespace[policy.namespace].append(policy)
+            if policy.cluster_scoped:
+                self.cluster_wide.append(policy)
+            else:
+                self.by_namespace[policy.namespace].append(policy)
+        self.namespaces = namespaces
+        self._reaching: dict[str, list[ConcurrencyPolicy]] = {}  # by namespace, own and cluster-wide
         self._known: dict[str, tuple[Mapping[str, str], list[Governance]]] = {}  # by Job uid
 
+    def policies_of(self, namespace: str) -> list[ConcurrencyPolicy]:
+        """The policies that may govern the namespace's Jobs: its own, then the cluster-wide that reach it."""
+        if not self.cluster_wide:
+            return self.by_namespace.get(namespace, [])
+        found = self._reaching.get(namespace)
+        if found is None:
+            found = self._reaching[namespace] = self.by_namespace.get(namespace, []) + [
+                p for p in self.cluster_wide if reaches(p, namespace, self.namespaces)
+            ]
+        return found
+
     def governance(self, job: Labeled) -> list[Governance]:
-        return governance(self.by_namespace.get(job.namespace, ()), job)
+        return governance(self.policies_of(job.namespace), job, self.namespaces)
 
     def governance_of(self, job: JobView) -> list[Governance]:
         known = self._known.get(job.uid)
@@ -143,12 +187,13 @@ def tally(
     jobs: Iterable[JobView],
     assumed: Collection[str] = (),
     index: PolicyIndex | None = None,
+    namespaces: NamespaceLabels = NO_NAMESPACES,
 ) -> dict[PolicyRef, dict[Key, KeyState]]:
     """Per policy and key: the running, queued (in admission order) and held Jobs.
 
-    `index`, if given, must index exactly `policies`: the engine passes the one it keeps.
+    `index`, if given, must index exactly `policies` and `namespaces`: the engine passes the one it keeps.
     """
-    index = index or PolicyIndex(policies)
+    index = index or PolicyIndex(policies, namespaces)
     states: dict[PolicyRef, dict[Key, KeyState]] = {policy_ref(p): {} for p in policies}
     for job in jobs:
         if job.finished or job.foreign is not None:
@@ -185,6 +230,7 @@ def plan(
     jobs: Iterable[JobView],
     assumed: Collection[str] = (),
     index: PolicyIndex | None = None,
+    namespaces: NamespaceLabels = NO_NAMESPACES,
 ) -> Plan:
     """Decide every admission that fits now, in one pass.
 
@@ -199,9 +245,13 @@ def plan(
     queues push out are to be deleted (`overflowing`). Reject queues are the
     webhook's (`queue_full`): the operator never deletes for them.
 
-    `index`, if given, must index exactly `policies`: the engine passes the one it keeps.
+    A ClusterConcurrencyPolicy governs the Jobs of the namespaces whose labels
+    (`namespaces`) its namespaceSelector matches, and its keys span them: a Job
+    needs a free slot in it as in each namespaced policy that governs it.
+
+    `index`, if given, must index exactly `policies` and `namespaces`: the engine passes the one it keeps.
     """
-    index = index or PolicyIndex(policies)
+    index = index or PolicyIndex(policies, namespaces)
     result = Plan()
     running: dict[tuple[PolicyRef, Key], list[JobView]] = defaultdict(list)
     candidates: list[tuple[JobView, list[Governance]]] = []
@@ -317,7 +367,7 @@ class QueueFull:
     def message(self) -> str:
         limit = self.policy.limit_for(self.key)
         return (
-            f"the queue of ConcurrencyPolicy {self.policy.name}{for_key(self.policy, self.key)} is full "
+            f"the queue of {self.policy.kind} {self.policy.name}{for_key(self.policy, self.key)} is full "
             f"({self.queued}/{self.policy.spec.maxQueued} queued, {self.running}/{limit} running; "
             "overflow: Reject): try again when a queued Job has started"
         )
@@ -328,11 +378,14 @@ def for_key(policy: ConcurrencyPolicy, key: Key) -> str:
     return f" for {describe_key(key_dict(policy, key))}" if key else ""
 
 
-def queue_full(gov: Governance, jobs: Iterable[JobView]) -> QueueFull | None:
+def queue_full(
+    gov: Governance, jobs: Iterable[JobView], namespaces: NamespaceLabels = NO_NAMESPACES
+) -> QueueFull | None:
     """Whether a new Job of `gov`'s key must be refused: its policy bounds queues with overflow Reject, and
     the key's queue already holds maxQueued Jobs beyond the key's free slots.
 
-    `jobs`: Jobs that may be in the key (others are skipped). A new Job that would
+    `jobs`: Jobs that may be in the key (others are skipped; `namespaces` tells which a
+    ClusterConcurrencyPolicy reaches). A new Job that would
     start at once never counts against the queue, so with maxQueued 0 a Job is
     accepted only while its key has a free slot.
     """
@@ -343,7 +396,7 @@ def queue_full(gov: Governance, jobs: Iterable[JobView]) -> QueueFull | None:
     for job in jobs:
         if job.finished or job.foreign is not None:
             continue  # holds no slot, as in `plan`; another controller's Job is never counted
-        if not any(g.slot == gov.slot for g in governance([gov.policy], job)):
+        if not any(g.slot == gov.slot for g in governance([gov.policy], job, namespaces)):
             continue
         if job.running:
             running += 1

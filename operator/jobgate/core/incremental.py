@@ -7,6 +7,7 @@ and is told what changed:
     planner = IncrementalPlanner(policies, jobs)       # a LIST's worth, in one go
     planner.upsert_job(view); planner.remove_job(uid)   # watch events
     planner.upsert_policy(policy); planner.remove_policy(ref)
+    planner.upsert_namespace(name, labels)               # what ClusterConcurrencyPolicies select
     decided = planner.plan(assumed)                     # an admission.Plan
 
 `decided.admit`, `.resuspend`, `.release` and `.evict` are what `admission.plan(policies,
@@ -51,7 +52,11 @@ properties (`finished`, `foreign`, `suspended`, `queued`, `admitted_at`,
 What costs more: a policy whose selector, key labels or creation time changes
 (or that is added or removed) takes every tracked Job of its namespace out and
 back in, after a look at every tracked Job to find them (about a second at a
-million); a policy whose limit changes visits its own keys only.
+million); a policy whose limit changes visits its own keys only. A
+ClusterConcurrencyPolicy is indexed in each namespace it reaches (its
+namespaceSelector matches the namespace's labels): a change to whom it governs
+takes out the Jobs of every namespace it reached or reaches, and a Namespace
+relabeled in or out of its reach takes out that namespace's Jobs.
 """
 
 from __future__ import annotations
@@ -64,9 +69,19 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import Final
 
-from jobgate.core.admission import Governance, Key, Plan, PolicyRef, overflowing
+from jobgate.core.admission import (
+    NO_NAMESPACES,
+    Governance,
+    Key,
+    NamespaceLabels,
+    Plan,
+    PolicyRef,
+    job_key,
+    overflowing,
+    reaches,
+)
 from jobgate.core.jobs import JobView
-from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
+from jobgate.core.policy import NAMESPACE_KEY, ConcurrencyPolicy, LabelSelector
 from jobgate.core.selectors import matches
 
 # A queued Job in its group's heap: JobView.order, then the uid. Entries compare in admission order.
@@ -116,11 +131,12 @@ class Slot:
 class Selection:
     """The policies that select Jobs with one combination of selector label values, and their groups."""
 
-    __slots__ = ("groups", "key_labels", "policies")
+    __slots__ = ("groups", "key_labels", "policies", "reads_namespace")
 
     def __init__(self, policies: Iterable[ConcurrencyPolicy]) -> None:
         self.policies = tuple(policies)
         self.key_labels = tuple(label for p in self.policies for label in p.spec.keyLabels)
+        self.reads_namespace = NAMESPACE_KEY in self.key_labels
         self.groups: dict[tuple[str, ...], Group] = {}  # by the values of key_labels
 
 
@@ -199,10 +215,18 @@ def _selector_labels(selector: LabelSelector) -> Iterator[str]:
 class IncrementalPlanner:
     """What `admission.plan()` decides, kept up to date event by event (see the module's docstring)."""
 
-    def __init__(self, policies: Iterable[ConcurrencyPolicy] = (), jobs: Iterable[JobView] = ()) -> None:
+    def __init__(
+        self,
+        policies: Iterable[ConcurrencyPolicy] = (),
+        jobs: Iterable[JobView] = (),
+        namespaces: NamespaceLabels = NO_NAMESPACES,
+    ) -> None:
         self._policies: dict[PolicyRef, ConcurrencyPolicy] = {}
-        # Per namespace: its policies by name, the labels their selectors read, and for each
-        # combination of those labels' values, which policies select it.
+        self._cluster_wide = 0  # how many of them are ClusterConcurrencyPolicies
+        self._namespace_labels: dict[str, Mapping[str, str]] = dict(namespaces)
+        # Per namespace, indexed when a Job of it first needs it: the policies that reach it (its own,
+        # then the cluster-wide whose namespaceSelector matches it), the labels their selectors read,
+        # and for each combination of those labels' values, which policies select it.
         self._by_namespace: dict[str, list[ConcurrencyPolicy]] = {}
         self._selector_labels: dict[str, tuple[str, ...]] = {}
         self._selections: dict[str, dict[tuple[str | None, ...], Selection]] = {}
@@ -221,8 +245,7 @@ class IncrementalPlanner:
         self._since: dict[PolicyRef, list[tuple[float, QueueEntry]]] = {}
         for policy in policies:
             self._policies[(policy.namespace, policy.name)] = policy
-        for namespace in {ref[0] for ref in self._policies}:
-            self._index_namespace(namespace)
+        self._cluster_wide = sum(p.cluster_scoped for p in self._policies.values())
         self._load(jobs)
 
     # --- events -------------------------------------------------------------------------------------
@@ -248,28 +271,53 @@ class IncrementalPlanner:
             and old.spec.keyLabels == policy.spec.keyLabels
             and old.created == policy.created
             and old.spec.replaces_oldest == policy.spec.replaces_oldest
+            and old.namespace_selector == policy.namespace_selector
         ):
             # The same Jobs under the same keys: only limits (and a queue's bound) may differ.
             self._policies[ref] = policy
-            self._by_namespace[policy.namespace] = [
-                policy if p.name == policy.name else p for p in self._by_namespace[policy.namespace]
-            ]
+            for namespace, policies in self._by_namespace.items():
+                if old in policies:
+                    self._by_namespace[namespace] = [policy if p is old else p for p in policies]
             for slot in self._slots.get(ref, {}).values():
                 slot.policy = policy
                 slot.limit = policy.limit_for(slot.id[1])
                 self._refresh(slot)
             return
-        # Whom it governs may differ: its namespace's Jobs go out, and come back under the new policies.
-        views = self._take_out(policy.namespace)
+        # Whom it governs may differ: the Jobs of the namespaces it reached or reaches go out, and come
+        # back under the new policies.
+        views = self._take_out(lambda namespace: self._reaches(old, namespace) or self._reaches(policy, namespace))
         self._policies[ref] = policy
-        self._put_back(policy.namespace, views)
+        self._cluster_wide = sum(p.cluster_scoped for p in self._policies.values())
+        self._put_back(views)
 
     def remove_policy(self, ref: PolicyRef) -> None:
-        if ref in self._policies:
-            views = self._take_out(ref[0])
+        old = self._policies.get(ref)
+        if old is not None:
+            views = self._take_out(lambda namespace: self._reaches(old, namespace))
             del self._policies[ref]
+            self._cluster_wide = sum(p.cluster_scoped for p in self._policies.values())
             self._since.pop(ref, None)
-            self._put_back(ref[0], views)
+            self._put_back(views)
+
+    def upsert_namespace(self, name: str, labels: Mapping[str, str]) -> None:
+        """A Namespace was added or relabeled: the ClusterConcurrencyPolicies that reach it may differ."""
+        old = self._namespace_labels.get(name, {})
+        if old == labels:
+            return
+        cluster_wide = [p for p in self._policies.values() if p.cluster_scoped]
+        before = [p for p in cluster_wide if self._reaches(p, name)]
+        self._namespace_labels[name] = dict(labels)
+        if [p for p in cluster_wide if self._reaches(p, name)] == before:
+            return
+        self._namespace_labels[name] = dict(old)
+        views = self._take_out(lambda namespace: namespace == name)
+        self._namespace_labels[name] = dict(labels)
+        self._put_back(views)
+
+    def remove_namespace(self, name: str) -> None:
+        """A Namespace was deleted: its labels are forgotten (its Jobs go with it)."""
+        self.upsert_namespace(name, {})
+        self._namespace_labels.pop(name, None)
 
     def follow_policies(self, current: Mapping[PolicyRef, ConcurrencyPolicy]) -> bool:
         """Make the planner's policies these: upsert the new and changed ones, remove the others.
@@ -625,22 +673,30 @@ class IncrementalPlanner:
     def _group_of(self, view: JobView) -> Group | None:
         """The Job's group: which policies select it is remembered per combination of the values of the
         labels their selectors read; its key under each is read from its labels."""
-        read = self._selector_labels.get(view.namespace)
+        namespace = view.namespace
+        read = self._selector_labels.get(namespace)
         if read is None:
+            if not self._policies:
+                return None
+            read = self._index_namespace(namespace)
+        if not self._by_namespace[namespace]:
             return None
         labels = view.labels
         get = labels.get
         values = tuple([get(name) for name in read])
-        known = self._selections[view.namespace]
+        known = self._selections[namespace]
         selection = known.get(values)
         if selection is None:
             if len(known) > SELECTIONS_KEPT:
                 known.clear()  # combinations that may not be seen again: the next Jobs find theirs anew
-            policies = self._by_namespace[view.namespace]
+            policies = self._by_namespace[namespace]
             selection = known[values] = Selection(p for p in policies if matches(p.spec.selector, labels))
         if not selection.policies:
             return None
-        key = tuple([get(name, "") for name in selection.key_labels])
+        if selection.reads_namespace:
+            key = job_key(selection.key_labels, namespace, labels)
+        else:
+            key = tuple([get(name, "") for name in selection.key_labels])
         group = selection.groups.get(key)
         if group is None:
             group = selection.groups[key] = self._new_group(selection, key)
@@ -764,27 +820,34 @@ class IncrementalPlanner:
 
     # --- policies -----------------------------------------------------------------------------------
 
-    def _index_namespace(self, namespace: str) -> None:
-        policies = sorted((p for ref, p in self._policies.items() if ref[0] == namespace), key=lambda p: p.name)
-        if not policies:
-            self._by_namespace.pop(namespace, None)
-            self._selector_labels.pop(namespace, None)
-            self._selections.pop(namespace, None)
-            return
-        self._by_namespace[namespace] = policies
-        self._selector_labels[namespace] = tuple(
-            sorted({name for p in policies for name in _selector_labels(p.spec.selector)})
+    def _reaches(self, policy: ConcurrencyPolicy | None, namespace: str) -> bool:
+        return policy is not None and reaches(policy, namespace, self._namespace_labels)
+
+    def _index_namespace(self, namespace: str) -> tuple[str, ...]:
+        """Index the policies that reach the namespace; return the labels their selectors read."""
+        own = sorted((p for ref, p in self._policies.items() if ref[0] == namespace), key=lambda p: p.name)
+        if self._cluster_wide:
+            own += sorted(
+                (p for p in self._policies.values() if p.cluster_scoped and self._reaches(p, namespace)),
+                key=lambda p: p.name,
+            )
+        self._by_namespace[namespace] = own
+        read = self._selector_labels[namespace] = tuple(
+            sorted({name for p in own for name in _selector_labels(p.spec.selector)})
         )
         self._selections[namespace] = {}
+        return read
 
-    def _take_out(self, namespace: str) -> list[JobView]:
-        """Untrack every Job of the namespace (its policies are about to change); return their views."""
-        views = [record.view for record in self._jobs.values() if record.view.namespace == namespace]
+    def _take_out(self, affected: Callable[[str], bool]) -> list[JobView]:
+        """Untrack every Job of the affected namespaces (the policies that reach them are about to change),
+        forget those namespaces' index, and return the Jobs' views."""
+        views = [record.view for record in self._jobs.values() if affected(record.view.namespace)]
         for view in views:
             self._remove(view.uid)
         self._forget_emptied()
+        for namespace in [n for n in self._by_namespace if affected(n)]:
+            del self._by_namespace[namespace], self._selector_labels[namespace], self._selections[namespace]
         return views
 
-    def _put_back(self, namespace: str, views: list[JobView]) -> None:
-        self._index_namespace(namespace)
+    def _put_back(self, views: list[JobView]) -> None:
         self._load(views)

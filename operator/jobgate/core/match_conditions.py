@@ -19,6 +19,15 @@ them, the namespaces with the largest selectors are coarsened to "every Job of
 the namespace", largest first; if even the namespace list does not fit, there is
 no condition at all and the webhook sees every Job in its scope, as without this
 module.
+
+A ClusterConcurrencyPolicy adds its selector as a term of its own, in any
+namespace. The admission CEL environment declares `namespaceObject`, but
+kube-apiserver 1.36 does not fill it in for webhooks' matchConditions: an
+expression that reads `namespaceObject.metadata` fails ("no such key:
+metadata"), and under `failurePolicy: Fail` the Job is refused
+(tests/test_cluster_policies.py checks this). So the API server calls the
+webhook for the Jobs a cluster policy's selector matches in every namespace, and
+the webhook leaves those of namespaces its namespaceSelector leaves out untouched.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ class Precision(Enum):
     NAMESPACE = "Namespace"  # every Job of the namespace: the selectors did not fit
     UNSCOPED = "Unscoped"  # every Job in the webhook's scope: not even the namespaces fit
     EXCLUDED = "Excluded"  # none: the webhook never sees this namespace
+    ANY_NAMESPACE = "AnyNamespace"  # a cluster policy's: the Jobs its selector matches in every namespace
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ class WebhookScope:
     """The matchConditions to write, and where they are coarser than the policies."""
 
     conditions: tuple[Mapping[str, str], ...]
-    precision: Mapping[str, Precision]  # by namespace with policies; absent: not called at all
+    precision: Mapping[str, Precision]  # by namespace with policies ("" for cluster policies); absent: not called
 
     def precision_for(self, namespace: str) -> Precision:
         return self.precision.get(namespace, Precision.SELECTOR)
@@ -70,8 +80,11 @@ def webhook_scope(
     """The webhook's matchConditions for these policies: exact where they fit in the budgets."""
     selectors: dict[str, set[str]] = defaultdict(set)
     excluded: dict[str, Precision] = {}
+    cluster_terms: set[str] = set()
     for policy in policies:
-        if policy.namespace in ALWAYS_EXCLUDED:
+        if policy.cluster_scoped:
+            cluster_terms.add(selector_expression(policy.spec.selector))
+        elif policy.namespace in ALWAYS_EXCLUDED:
             excluded[policy.namespace] = Precision.EXCLUDED
         else:
             selectors[policy.namespace].add(selector_expression(policy.spec.selector))
@@ -81,8 +94,12 @@ def webhook_scope(
         namespace: None if "true" in exprs else sorted(exprs) for namespace, exprs in selectors.items()
     }
     precision = dict.fromkeys(terms, Precision.SELECTOR)
+    anywhere = sorted(cluster_terms)  # a cluster policy's Jobs, in any namespace
+    if anywhere:
+        excluded[""] = Precision.ANY_NAMESPACE
     size = len(_WHOLE_NAMESPACES.format("")) + sum(_size(namespace, t) for namespace, t in terms.items())
-    count = sum(len(t) for t in terms.values() if t is not None)
+    size += sum(len(term) + len("()") + len(_OR) for term in anywhere)
+    count = sum(len(t) for t in terms.values() if t is not None) + len(anywhere)
     largest_first = sorted((n for n, t in terms.items() if t is not None), key=lambda n: -_size(n, terms[n]))
     for namespace in largest_first:
         if size <= budget and count <= term_budget:
@@ -91,13 +108,13 @@ def webhook_scope(
         count -= len(terms[namespace] or ())
         terms[namespace] = None
         precision[namespace] = Precision.NAMESPACE
-    expression = _expression(terms)
-    if len(expression) > budget:
-        return WebhookScope((), {**dict.fromkeys(terms, Precision.UNSCOPED), **excluded})
+    expression = _expression(terms, anywhere)
+    if len(expression) > budget or count > term_budget:  # cluster policies' selectors cannot be coarsened
+        return WebhookScope((), {**dict.fromkeys([*terms, *([""] if anywhere else [])], Precision.UNSCOPED)})
     return WebhookScope(({"name": CONDITION_NAME, "expression": expression},), {**precision, **excluded})
 
 
-def _expression(terms: Mapping[str, list[str] | None]) -> str:
+def _expression(terms: Mapping[str, list[str] | None], anywhere: list[str]) -> str:
     whole = sorted(namespace for namespace, selected in terms.items() if selected is None)
     parts = [_WHOLE_NAMESPACES.format(", ".join(_literal(n) for n in whole))] if whole else []
     parts += [
@@ -105,6 +122,7 @@ def _expression(terms: Mapping[str, list[str] | None]) -> str:
         for namespace, selected in sorted(terms.items())
         if selected is not None
     ]
+    parts += [f"({term})" for term in anywhere]
     return _OR.join(parts) or "false"
 
 

@@ -1,4 +1,4 @@
-"""The ConcurrencyPolicy resource: pydantic models that are the single source of its CRD schema.
+"""The ConcurrencyPolicy and ClusterConcurrencyPolicy resources: pydantic models, the single source of their CRDs.
 
 The descriptions here are what `kubectl explain conpol.spec` prints; the
 ``x-kubernetes-validations`` (CEL) and patterns are what make the API server
@@ -21,6 +21,14 @@ PLURAL = "concurrencypolicies"
 SINGULAR = "concurrencypolicy"
 # Not "cpol": Kyverno's ClusterPolicy has it, and two CRDs with one short name make `kubectl get` ambiguous.
 SHORT_NAMES = ("conpol",)
+CLUSTER_KIND = "ClusterConcurrencyPolicy"
+CLUSTER_PLURAL = "clusterconcurrencypolicies"
+CLUSTER_SINGULAR = "clusterconcurrencypolicy"
+CLUSTER_SHORT_NAMES = ("cconpol",)
+# In keyLabels, the Job's namespace rather than a label: "one per team in each namespace", or, in a
+# ClusterConcurrencyPolicy, a per-namespace key next to cross-namespace ones. jobgate.dev is ours: no Job
+# label of that name is read.
+NAMESPACE_KEY = "jobgate.dev/namespace"
 
 # A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
 LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -76,7 +84,7 @@ class LabelSelector(_Model):
 
     matchLabels: dict[str, str] | None = Field(
         default=None,
-        description="Labels that a Job must carry with exactly these values.",
+        description="Labels that must be present with exactly these values.",
         max_length=64,
         json_schema_extra={
             "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
@@ -146,6 +154,7 @@ class PolicySpec(_Model):
         default_factory=list,
         description="Labels whose values form a Job's key; each key value gets its own maxConcurrent slots. "
         "A Job that lacks one of these labels counts under the empty value. "
+        f"{NAMESPACE_KEY} stands for the Job's namespace. "
         "An empty list puts every selected Job under one key.",
         max_length=16,
         json_schema_extra={
@@ -197,6 +206,20 @@ class PolicySpec(_Model):
         return self.maxQueued is not None and self.overflow == "ReplaceOldest"
 
 
+class ClusterPolicySpec(PolicySpec):
+    """A ClusterConcurrencyPolicy's spec: a ConcurrencyPolicy's, over the Jobs of the namespaces selected."""
+
+    selector: LabelSelector = Field(
+        description="Which Jobs of the namespaces that namespaceSelector selects the policy governs, by their labels. "
+        "An empty selector ({}) governs every Job of those namespaces."
+    )
+    namespaceSelector: LabelSelector = Field(
+        description="Which namespaces' Jobs the policy governs, by the namespaces' labels ({}: every namespace; "
+        "kubernetes.io/metadata.name selects by name). A key spans these namespaces: Jobs with the same "
+        f"keyLabels values share its slots wherever they run, unless keyLabels names {NAMESPACE_KEY}."
+    )
+
+
 class KeyCount(_Model):
     key: dict[str, str] = Field(description="The key: a value for each of keyLabels.")
     running: int = Field(description="Jobs of this key that hold a slot.")
@@ -233,9 +256,13 @@ class PolicyStatus(_Model):
 
 
 class ConcurrencyPolicy(_Model):
-    """A ConcurrencyPolicy as jobgate reads it: identity, spec, and when it began to govern."""
+    """A ConcurrencyPolicy as jobgate reads it: identity, spec, and when it began to govern.
 
-    namespace: str
+    A ClusterConcurrencyPolicy too: its namespace is "" (no namespaced policy has that
+    one, so the two kinds' (namespace, name) never clash) and its spec a ClusterPolicySpec.
+    """
+
+    namespace: str  # "" for a ClusterConcurrencyPolicy
     name: str
     uid: str
     generation: int
@@ -254,15 +281,36 @@ class ConcurrencyPolicy(_Model):
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ConcurrencyPolicy:
+        """A ConcurrencyPolicy or a ClusterConcurrencyPolicy, by its kind (a cluster one has no namespace)."""
         meta = body["metadata"]
+        cluster = body.get("kind") == CLUSTER_KIND or not meta.get("namespace")
+        spec_model = ClusterPolicySpec if cluster else PolicySpec
         return cls(
-            namespace=meta["namespace"],
+            namespace="" if cluster else meta["namespace"],
             name=meta["name"],
             uid=meta["uid"],
             generation=int(meta.get("generation", 1)),
             created=parse_timestamp(meta["creationTimestamp"]),
-            spec=PolicySpec.model_validate(body.get("spec", {})),
+            spec=spec_model.model_validate(body.get("spec", {})),
         )
+
+    @property
+    def cluster_scoped(self) -> bool:
+        return not self.namespace
+
+    @property
+    def kind(self) -> str:
+        return CLUSTER_KIND if self.cluster_scoped else KIND
+
+    @property
+    def namespace_selector(self) -> LabelSelector | None:
+        """Which namespaces a ClusterConcurrencyPolicy reaches; None for a ConcurrencyPolicy (its own)."""
+        return self.spec.namespaceSelector if isinstance(self.spec, ClusterPolicySpec) else None
+
+    @property
+    def title(self) -> str:
+        """How messages name it: "ConcurrencyPolicy team-a/exports", "ClusterConcurrencyPolicy per-team"."""
+        return f"{self.kind} {self.name}" if self.cluster_scoped else f"{self.kind} {self.namespace}/{self.name}"
 
     def limit_for(self, key: tuple[str, ...]) -> int:
         """How many Jobs of this key may run at once: the one place a decision reads a limit.

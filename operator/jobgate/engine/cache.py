@@ -9,10 +9,10 @@ while no watch was running — a new watch replays nothing of the dead.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from jobgate.core.admission import PolicyIndex, PolicyRef
+from jobgate.core.admission import PolicyIndex, PolicyRef, reaches
 from jobgate.core.incremental import IncrementalPlanner
 from jobgate.core.jobs import JobView
 from jobgate.core.policy import ConcurrencyPolicy, Condition
@@ -33,12 +33,51 @@ class PolicyCache:
     # More conditions for a policy's status, from outside the engine (the webhook's scope). Here, not
     # on a term's StatusWriter: they outlive terms, as the policies do.
     condition_sources: list[Callable[[ConcurrencyPolicy], Condition | None]] = field(default_factory=list)
+    # The Namespaces' labels, by name, for ClusterConcurrencyPolicies' namespaceSelectors: fed on every
+    # replica (the webhook decides governance) with `--cluster-policies` only.
+    namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    # Called with a namespace's name whenever its labels change (or it is deleted), e.g. for a planner's
+    # upsert_namespace: it must know every Namespace's labels, for the cluster policies still to come.
+    namespace_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     @property
     def policy_index(self) -> PolicyIndex:
         if self._policy_index is None:
-            self._policy_index = PolicyIndex(self.policies.values())
+            self._policy_index = PolicyIndex(self.policies.values(), self.namespaces)
         return self._policy_index
+
+    def put_namespace(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Keep a Namespace's labels; True when the ClusterConcurrencyPolicies that reach it changed."""
+        before = self.namespaces.get(name)
+        if before == labels:
+            return False
+        reached = self._reaching(name)
+        self.namespaces[name] = labels
+        return self._reach_changed(name, reached)
+
+    def delete_namespace(self, name: str) -> bool:
+        if name not in self.namespaces:
+            return False
+        reached = self._reaching(name)
+        del self.namespaces[name]
+        return self._reach_changed(name, reached)
+
+    def replace_namespaces(self, listed: Iterable[tuple[str, Mapping[str, str]]]) -> list[str]:
+        """Take a LIST of the Namespaces; return those that cluster policies now reach differently."""
+        found = dict(listed)
+        changed = [name for name, labels in found.items() if self.put_namespace(name, labels)]
+        return changed + [name for name in set(self.namespaces) - set(found) if self.delete_namespace(name)]
+
+    def _reaching(self, namespace: str) -> list[PolicyRef]:
+        return [ref for ref, p in self.policies.items() if p.cluster_scoped and reaches(p, namespace, self.namespaces)]
+
+    def _reach_changed(self, namespace: str, before: list[PolicyRef]) -> bool:
+        for listener in self.namespace_listeners:
+            listener(namespace)
+        if self._reaching(namespace) == before:
+            return False
+        self._policy_index = None  # it remembers which policies reach each namespace, and govern each Job
+        return True
 
     def forget_governance(self, uid: str) -> None:
         if self._policy_index is not None:
@@ -74,12 +113,21 @@ class PolicyCache:
         policies: Iterable[tuple[ConcurrencyPolicy, int]],
         list_version: int,
         namespace: str | None = None,
+        cluster: bool = False,
     ) -> None:
+        """Take a LIST of ConcurrencyPolicies (of one namespace, or all), or with `cluster` of the
+        ClusterConcurrencyPolicies: the policies of that scope it lacks were deleted."""
         listed = set()
         for policy, rv in policies:
             listed.add((policy.namespace, policy.name))
             self.put_policy(policy, rv)
-        for ref in [r for r in self.policies if r not in listed and (namespace is None or r[0] == namespace)]:
+
+        def in_scope(ref: PolicyRef) -> bool:
+            if cluster or not ref[0]:
+                return cluster and not ref[0]
+            return namespace is None or ref[0] == namespace
+
+        for ref in [r for r in self.policies if r not in listed and in_scope(r)]:
             if self.policy_versions.get(ref, 0) < list_version:
                 self.delete_policy(ref)
 
@@ -111,8 +159,9 @@ class JobCache:
         full passes from walking them over and over (at 100,000 Jobs each such pass held the
         loop for tens of milliseconds); `close()` hands them back.
         """
-        self.planner = IncrementalPlanner(self.policies.policies.values(), self.jobs.values())
+        self.planner = IncrementalPlanner(self.policies.policies.values(), self.jobs.values(), self.policies.namespaces)
         self._planned_version = self.policies.version
+        self.policies.namespace_listeners.append(self._namespace_changed)
         self.touched.update(self.jobs)
         self.primed = True
         gc.freeze()
@@ -120,8 +169,18 @@ class JobCache:
     def close(self) -> None:
         """The term ended: what `prime` froze may be collected again."""
         if self.primed:
+            self.policies.namespace_listeners.remove(self._namespace_changed)
             gc.unfreeze()
             self.primed = False
+
+    def _namespace_changed(self, name: str) -> None:
+        """A Namespace was relabeled or deleted: the cluster policies that reach its Jobs may differ."""
+        labels = self.policies.namespaces.get(name)
+        if labels is None:
+            self.planner.remove_namespace(name)
+        else:
+            self.planner.upsert_namespace(name, labels)
+        self.touched.update(uid for uid, job in self.jobs.items() if job.namespace == name)
 
     def follow_policies(self) -> IncrementalPlanner:
         """The planner, with the policies as they are now; if they changed, every Job is looked at anew."""

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +61,16 @@ class ClusterApi(Protocol):
 
     async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]: ...
 
+    async def list_cluster_policies(self) -> tuple[list[Mapping[str, Any]], int]: ...
+
+    async def list_namespaces(self) -> tuple[list[tuple[str, dict[str, str]]], int]:
+        """Every Namespace's name and labels."""
+        ...
+
+    async def get_namespace_labels(self, name: str) -> dict[str, str] | None:
+        """One Namespace's labels; None when there is no such Namespace."""
+        ...
+
     async def patch_job(self, namespace: str, name: str, patch: patches.JsonPatch) -> Mapping[str, Any] | None:
         """Apply a JSON patch; None when the API refused it (gone, or a test failed)."""
         ...
@@ -96,6 +106,8 @@ class EngineSettings:
     event_concurrency: int = 4
     # A Job write sent now has landed, or never will, this long from now (lease.LeaseTiming.landing_seconds).
     landing_seconds: float = 10.0
+    # ClusterConcurrencyPolicies, and the Namespaces' labels they select on, are read (--cluster-policies).
+    cluster_policies: bool = False
 
 
 class Engine:
@@ -262,8 +274,9 @@ class Engine:
         term.spawn(confirm())
 
     def observe_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A ConcurrencyPolicy or a ClusterConcurrencyPolicy (no namespace) was added, changed or deleted."""
         meta = body["metadata"]
-        ref = (meta["namespace"], meta["name"])
+        ref = (meta.get("namespace") or "", meta["name"])
         before = self.policies.policies.get(ref)
         if event_type == "DELETED":
             changed = self.policies.delete_policy(ref)
@@ -275,6 +288,23 @@ class Engine:
         term = self.term
         if term is not None and (before is None or after is None or before.spec.selector != after.spec.selector):
             term.streams_stale = True  # the next pass first watches (and lists) what it now selects
+        self.changed()
+
+    def observe_namespace(self, event_type: str | None, name: str, labels: Mapping[str, str]) -> None:
+        """A Namespace was added, relabeled or deleted: the ClusterConcurrencyPolicies that reach it may differ."""
+        if event_type == "DELETED":
+            changed = self.policies.delete_namespace(name)
+        else:
+            changed = self.policies.put_namespace(name, labels)
+        if changed:
+            self._reach_changed([name])
+
+    def _reach_changed(self, namespaces: list[str]) -> None:
+        """Cluster policies reach these namespaces differently: their Jobs are listed again, then decided on."""
+        term = self.term
+        if term is not None:
+            term.relabeled.update(namespaces)
+            term.streams_stale = True
         self.changed()
 
     def changed(self) -> None:
@@ -315,21 +345,45 @@ class Engine:
     async def sync_policies(self) -> None:
         for namespace in self._scopes():
             await self._read_policies(namespace)
+        if self.settings.cluster_policies:
+            listed, _ = await self.api.list_namespaces()
+            relabeled = self.policies.replace_namespaces(listed)
+            await self._read_cluster_policies()
+            if relabeled:
+                self._reach_changed(relabeled)
         self.policies.primed = True
 
     async def _read_policies(self, namespace: str | None) -> None:
         bodies, version = await self.api.list_policies(namespace)
-        parsed = [(ConcurrencyPolicy.from_body(b), int(b["metadata"].get("resourceVersion") or 0)) for b in bodies]
-        self.policies.replace_policies(parsed, version, namespace)
+        self.policies.replace_policies(_parsed(bodies), version, namespace)
+
+    async def _read_cluster_policies(self) -> None:
+        bodies, version = await self.api.list_cluster_policies()
+        self.policies.replace_policies(_parsed(bodies), version, cluster=True)
+
+    async def _read_governors(self, namespace: str) -> None:
+        """Everything that may govern a Job of this namespace, read fresh: its ConcurrencyPolicies and,
+        with --cluster-policies, the Namespace's labels and the ClusterConcurrencyPolicies."""
+        await self._read_policies(namespace)
+        if not self.settings.cluster_policies:
+            return
+        labels = await self.api.get_namespace_labels(namespace)
+        if labels is None:
+            relabeled = self.policies.delete_namespace(namespace)
+        else:
+            relabeled = self.policies.put_namespace(namespace, labels)
+        await self._read_cluster_policies()
+        if relabeled:
+            self._reach_changed([namespace])
 
     async def _policies_read_after(self, namespace: str, after: float) -> None:
-        """The namespace's policies, re-read by a LIST sent no earlier than `after` (monotonic).
+        """What may govern the namespace's Jobs, re-read by LISTs sent no earlier than `after` (monotonic).
 
         Callers that may share a read do: a pass that releases a thousand Jobs sends one LIST.
         """
         read = self._policy_reads.get(namespace)
         if read is None or read[0] < after or (read[1].done() and read[1].exception() is not None):
-            read = (self.monotonic(), asyncio.ensure_future(self._read_policies(namespace)))
+            read = (self.monotonic(), asyncio.ensure_future(self._read_governors(namespace)))
             self._policy_reads[namespace] = read
         await asyncio.shield(read[1])
 
@@ -363,9 +417,19 @@ class Engine:
                 version = await self._list_jobs(term, stream)
                 term.streams[stream] = term.spawn(self._watch_jobs(term, stream, version))
                 log.info("watching %s from version %d", stream, version)
+            await self._list_relabeled(term, wanted)
             # Jobs that only a stopped stream brought, or that no policy governs now, cost nothing more.
             for job in [job for job in term.jobs.jobs.values() if not self._keeps(job)]:
                 term.jobs.forget_job(job)
+
+    async def _list_relabeled(self, term: Term, streams: set[JobStream]) -> None:
+        """LIST again, in namespaces that cluster policies reach differently now, what each stream over them
+        brings: the Jobs that a policy governs now were dropped as they came."""
+        while term.relabeled:
+            namespace = term.relabeled.pop()
+            for stream in streams:
+                if stream.policy_selector is not None and stream.namespace in (None, namespace):
+                    await self._list_jobs(term, JobStream(namespace, stream.selector, stream.policy_selector))
 
     async def _list_jobs(self, term: Term, stream: JobStream) -> int:
         """LIST one stream's Jobs into the cache; returns the version its watch goes on from."""
@@ -726,6 +790,10 @@ class Engine:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _parsed(bodies: Iterable[Mapping[str, Any]]) -> list[tuple[ConcurrencyPolicy, int]]:
+    return [(ConcurrencyPolicy.from_body(b), int(b["metadata"].get("resourceVersion") or 0)) for b in bodies]
 
 
 def backoff(failures: int) -> float:

@@ -7,7 +7,15 @@ from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from jobgate.core import admission
-from jobgate.core.policy import MAX_BUSIEST_KEYS, ConcurrencyPolicy, Condition, KeyCount, PolicyStatus
+from jobgate.core.policy import (
+    CLUSTER_PLURAL,
+    MAX_BUSIEST_KEYS,
+    PLURAL,
+    ConcurrencyPolicy,
+    Condition,
+    KeyCount,
+    PolicyStatus,
+)
 from jobgate.core.timestamps import format_kubernetes_time
 from jobgate.engine.cache import JobCache
 from jobgate.telemetry.metrics import Metrics, policy_queue
@@ -84,7 +92,8 @@ def with_conditions(
 def shapes_note(policy: ConcurrencyPolicy) -> str:
     """What spec.limits and spec.maxQueued add to the Ready message: ", 2 key(s) with their own limit; ..."""
     spec = policy.spec
-    note = f", {len(spec.limits)} key(s) with their own limit" if spec.limits else ""
+    note = " across the namespaces namespaceSelector selects" if policy.cluster_scoped else ""
+    note += f", {len(spec.limits)} key(s) with their own limit" if spec.limits else ""
     if spec.maxQueued is not None:
         note += f"; at most {spec.maxQueued} queued per key (overflow: {spec.queue_overflow})"
     return note
@@ -112,12 +121,12 @@ class StatusWriter:
             return
         self._forbidden_reported |= forbidden
         self._last_failure_log = now
+        plural = CLUSTER_PLURAL if policy.cluster_scoped else PLURAL
         log.warning(
-            "could not write the status of ConcurrencyPolicy %s/%s: %s%s",
-            policy.namespace,
-            policy.name,
+            "could not write the status of %s: %s%s",
+            policy.title,
             error,
-            " (jobgate needs patch on concurrencypolicies/status)" if forbidden else "; retrying",
+            f" (jobgate needs patch on {plural}/status)" if forbidden else "; retrying",
         )
 
     async def write(self, cache: JobCache, assumed: Collection[str], metrics: Metrics) -> None:

@@ -42,6 +42,7 @@ class Term:
     recheck: dict[str, int] = field(default_factory=dict)  # Jobs said gone while a write was in flight
     streams: dict[JobStream, asyncio.Task[None]] = field(default_factory=dict)  # the Job watches
     streams_stale: bool = False  # policies changed: the set of watches may have to follow
+    relabeled: set[str] = field(default_factory=set)  # namespaces cluster policies reach anew: list them again
     streams_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     ended: bool = False

@@ -15,6 +15,10 @@ bounded, whatever the number of policies:
   `app`, `app` for selectors that each need it, nothing for selectors that
   share no requirement. The engine filters the rest client-side: a Job no
   policy governs is dropped as it arrives (`Engine._keeps`);
+- a ClusterConcurrencyPolicy's selector counts in every watched scope (all
+  namespaces, or each namespace the operator was given): the API server cannot
+  select Jobs by their Namespace's labels, so Jobs of namespaces its
+  namespaceSelector leaves out come too, and are dropped as they arrive;
 - past `MOST_POLICY_STREAMS` streams in all, one stream per watched scope (every
   namespace, or each namespace the operator was given), filtered the same way.
 """
@@ -74,10 +78,13 @@ def wanted(
     def stream(namespace: str | None, selector: LabelSelector) -> JobStream:
         return JobStream(namespace, both(to_label_selector_string(selector), job_selector), selector)
 
-    by_namespace: dict[str, dict[str, LabelSelector]] = {}
+    # A ClusterConcurrencyPolicy's Jobs are in any namespace of each scope (the Namespaces' labels are
+    # not known to the API server's Job selectors: the engine drops those of other namespaces).
+    by_namespace: dict[str | None, dict[str, LabelSelector]] = {}
     for policy in policies:
         selector = policy.spec.selector
-        by_namespace.setdefault(policy.namespace, {})[to_label_selector_string(selector)] = selector
+        for namespace in scopes if policy.cluster_scoped else (policy.namespace,):
+            by_namespace.setdefault(namespace, {})[to_label_selector_string(selector)] = selector
     policy_streams = set()
     for namespace, selectors in by_namespace.items():
         if len(selectors) > per_namespace:

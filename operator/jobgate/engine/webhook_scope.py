@@ -58,6 +58,13 @@ _NOTES = {
         f"jobgate writes them ({EXPRESSION_BUDGET} characters): the API server calls jobgate for every Job "
         "in the webhook's scope",
     ),
+    Precision.ANY_NAMESPACE: (
+        "False",
+        "SelectorInAnyNamespace",
+        "the API server calls jobgate's webhook for the Jobs this policy's selector matches in every namespace, "
+        "also those its namespaceSelector leaves out (matchConditions cannot read a Namespace's labels): "
+        "while jobgate is down, those are refused too",
+    ),
     Precision.EXCLUDED: (
         "False",
         "NamespaceExcluded",

@@ -20,7 +20,7 @@ from kubernetes.aio import config as aio_config
 
 from jobgate.core.jobs import JobView
 from jobgate.core.patches import JsonPatch
-from jobgate.core.policy import GROUP, PLURAL, VERSION
+from jobgate.core.policy import CLUSTER_KIND, CLUSTER_PLURAL, GROUP, PLURAL, VERSION
 from jobgate.core.timestamps import format_kubernetes_time
 from jobgate.kube import paging
 from jobgate.telemetry.metrics import Metrics
@@ -238,6 +238,25 @@ class KubeApi:
         path = "/" + _namespaced(namespace, f"apis/{GROUP}/{VERSION}", PLURAL)
         return await self._list(path, PLURAL, lambda body: body)
 
+    async def list_cluster_policies(self) -> tuple[list[Mapping[str, Any]], int]:
+        """Every ClusterConcurrencyPolicy (their bodies carry no kind in a LIST: it is added)."""
+        path = f"/apis/{GROUP}/{VERSION}/{CLUSTER_PLURAL}"
+        return await self._list(path, CLUSTER_PLURAL, lambda body: {**body, "kind": CLUSTER_KIND})
+
+    async def list_namespaces(self) -> tuple[list[tuple[str, dict[str, str]]], int]:
+        """Every Namespace's name and labels: what ClusterConcurrencyPolicies' namespaceSelectors read."""
+        return await self._list("/api/v1/namespaces", "namespaces", namespace_labels)
+
+    async def get_namespace_labels(self, name: str) -> dict[str, str] | None:
+        """One Namespace's labels, read fresh; None when there is no Namespace of that name."""
+        try:
+            _, body = await self.request("get", f"/api/v1/namespaces/{quote(name)}", "namespaces")
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        return namespace_labels(body)[1]
+
     async def get_job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         try:
             _, body = await self.request(
@@ -283,9 +302,11 @@ class KubeApi:
         return True
 
     async def patch_policy_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}/status"
+        """Write a policy's status; namespace "": a ClusterConcurrencyPolicy's."""
+        plural = PLURAL if namespace else CLUSTER_PLURAL
+        path = "/" + _namespaced(namespace or None, f"apis/{GROUP}/{VERSION}", f"{plural}/{quote(name)}/status")
         try:
-            await self.request("patch", path, PLURAL, body={"status": status}, content_type=MERGE_PATCH)
+            await self.request("patch", path, plural, body={"status": status}, content_type=MERGE_PATCH)
         except ApiError as e:
             if e.status != 404:  # deleted meanwhile
                 raise
@@ -313,6 +334,11 @@ class KubeApi:
             "count": 1,
         }
         await self.request("create", f"/api/v1/namespaces/{quote(job.namespace)}/events", "events", body=event)
+
+
+def namespace_labels(body: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    meta = body["metadata"]
+    return meta["name"], dict(meta.get("labels") or {})
 
 
 def _watch_event(event: Mapping[str, Any], path: str) -> tuple[str, Mapping[str, Any]]:

@@ -9,6 +9,7 @@ on.create/update, they write no annotations and no finalizers on anything.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from typing import Any
 import kopf
 
 from jobgate.core.jobs import QUEUED_AT, QUEUED_LABEL, annotation_problems, foreign_controller
-from jobgate.core.policy import GROUP, PLURAL, VERSION
+from jobgate.core.policy import CLUSTER_PLURAL, GROUP, PLURAL, VERSION
 from jobgate.core.timestamps import format_timestamp
 from jobgate.engine.engine import Engine
 from jobgate.service import queues
+
+log = logging.getLogger("jobgate.webhook")
 
 WEBHOOK_ID = "suspend-governed-jobs"
 WEBHOOK_PRIME_TIMEOUT = 5.0
@@ -34,12 +37,24 @@ class NewJob:
     labels: Mapping[str, str]
 
 
-def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, is_leader: Any) -> None:
+def register(
+    registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, is_leader: Any, cluster_policies: bool = False
+) -> None:
     # async, so that Kopf runs them on the event loop: sync handlers run in threads,
     # and the engine's cache belongs to the loop.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def policy_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
         engine.observe_policy(type, body)
+
+    if cluster_policies:
+
+        @kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL, registry=registry)
+        async def cluster_policy_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+            engine.observe_policy(type, body)
+
+        @kopf.on.event("", "v1", "namespaces", registry=registry)
+        async def namespace_changed(type: str | None, name: str, labels: kopf.Labels, **_: Any) -> None:
+            engine.observe_namespace(type, name, dict(labels))
 
     @kopf.on.probe(id="leader", registry=registry)
     async def leader(**_: Any) -> bool:
@@ -62,6 +77,8 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
             raise kopf.AdmissionError("jobgate has not loaded its ConcurrencyPolicies yet; retry", code=503)
         meta = body.get("metadata") or {}
         job = NewJob(namespace=meta.get("namespace") or "", labels=meta.get("labels") or {})
+        if cluster_policies:
+            await _namespace_known(engine, job.namespace)
         governors = engine.policies.policy_index.governance(job)
         if not governors:
             engine.metrics.webhook_requests.labels("untouched").inc()
@@ -73,16 +90,32 @@ def register(registry: kopf.OperatorRegistry, engine: Engine, *, webhook: bool, 
         if problems:
             engine.metrics.webhook_requests.labels("refused").inc()
             raise kopf.AdmissionError("jobgate: " + "; ".join(problems), code=422)
-        full = await queues.first_full(engine.api, job, governors, warnings)
+        full = await queues.first_full(
+            engine.api, job, governors, warnings, engine.settings.namespaces or (None,), engine.policies.namespaces
+        )
         if full is not None:
             engine.metrics.webhook_requests.labels("rejected").inc()
             raise kopf.AdmissionError(f"jobgate: {full.message}", code=403)
         patch.spec["suspend"] = True
         patch.metadata.annotations[QUEUED_AT] = format_timestamp(time.time())
         patch.metadata.labels[QUEUED_LABEL] = "true"
-        names = ", ".join(g.policy.name for g in governors)
-        warnings.append(f"jobgate: suspended until ConcurrencyPolicy {names} admits it")
+        names = ", ".join(f"{g.policy.kind} {g.policy.name}" for g in governors)
+        warnings.append(f"jobgate: suspended until {names} admits it")
         engine.metrics.webhook_requests.labels("suspended").inc()
+
+
+async def _namespace_known(engine: Engine, namespace: str) -> None:
+    """A Job's first in a namespace its watch has not brought yet: read the Namespace's labels now,
+    or its Jobs would escape the cluster policies that select it until the watch catches up."""
+    if namespace in engine.policies.namespaces or not any(p.cluster_scoped for p in engine.policies.policies.values()):
+        return
+    try:
+        labels = await asyncio.wait_for(engine.api.get_namespace_labels(namespace), queues.COUNT_TIMEOUT_SECONDS)
+    except Exception as e:  # the Job is decided on what is known; the engine's backstop covers the rest
+        log.warning("could not read the labels of namespace %s for a new Job: %s", namespace, e)
+        return
+    if labels is not None and namespace not in engine.policies.namespaces:  # else the watch's is as new
+        engine.observe_namespace("ADDED", namespace, labels)
 
 
 async def _policies_known(engine: Engine) -> bool:

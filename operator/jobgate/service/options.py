@@ -26,6 +26,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="a further server-side label selector for the Jobs to watch, e.g. 'team=data': jobgate "
         "already asks only for the Jobs that some policy selects (or that it queued), and this narrows them",
     )
+    where.add_argument(
+        "--cluster-policies",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also follow ClusterConcurrencyPolicies, and the Namespaces' labels their namespaceSelectors read "
+        "(needs list and watch on namespaces and clusterconcurrencypolicies cluster-wide; default: off)",
+    )
     where.add_argument("--resync-seconds", type=float, default=300.0, help="full re-list period (default 300)")
 
     serve = parser.add_argument_group("endpoints")

@@ -1,8 +1,10 @@
 """The webhook's answer to a full queue (spec.overflow: Reject): count the key's Jobs through the API.
 
 Every replica serves the webhook, but only the leader holds Jobs: the count is a
-LIST of the policy's Jobs in that key, read fresh from the API server. The bound
-holds at creation time; Jobs created at the same instant may each see room for one.
+LIST of the policy's Jobs in that key, read fresh from the API server (for a
+ClusterConcurrencyPolicy, in every namespace of the operator's scope, unless the
+key names the namespace). The bound holds at creation time; Jobs created at the
+same instant may each see room for one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Protocol
 
 from jobgate.core import admission
 from jobgate.core.jobs import JobView
+from jobgate.core.policy import NAMESPACE_KEY
 from jobgate.core.selectors import to_label_selector_string
 
 log = logging.getLogger("jobgate.webhook")
@@ -35,12 +38,28 @@ def key_selector(gov: admission.Governance) -> str:
     expresses: such labels are left out, and `admission.queue_full` keeps only the key's Jobs.
     """
     parts = [to_label_selector_string(gov.policy.spec.selector)]
-    parts += [f"{label}={value}" for label, value in zip(gov.policy.spec.keyLabels, gov.key, strict=True) if value]
+    parts += [
+        f"{label}={value}"
+        for label, value in zip(gov.policy.spec.keyLabels, gov.key, strict=True)
+        if value and label != NAMESPACE_KEY
+    ]
     return ",".join(part for part in parts if part)
 
 
+def key_scopes(gov: admission.Governance, job: admission.Labeled, scopes: Sequence[str | None]) -> list[str | None]:
+    """Where the key's Jobs are: the Job's namespace, unless a cluster policy's key spans namespaces."""
+    if not gov.policy.cluster_scoped or NAMESPACE_KEY in gov.policy.spec.keyLabels:
+        return [job.namespace]
+    return list(scopes)
+
+
 async def first_full(
-    api: JobLister, job: admission.Labeled, governors: Sequence[admission.Governance], warnings: list[str]
+    api: JobLister,
+    job: admission.Labeled,
+    governors: Sequence[admission.Governance],
+    warnings: list[str],
+    scopes: Sequence[str | None] = (None,),
+    namespaces: admission.NamespaceLabels = admission.NO_NAMESPACES,
 ) -> admission.QueueFull | None:
     """The first Reject-bounded queue among the Job's governors that has no room for it.
 
@@ -51,13 +70,16 @@ async def first_full(
         spec = gov.policy.spec
         if spec.maxQueued is None or spec.queue_overflow != "Reject":
             continue
+        jobs: list[JobView] = []
         try:
-            jobs, _ = await asyncio.wait_for(api.list_jobs(job.namespace, key_selector(gov)), COUNT_TIMEOUT_SECONDS)
+            for scope in key_scopes(gov, job, scopes):
+                found, _ = await asyncio.wait_for(api.list_jobs(scope, key_selector(gov)), COUNT_TIMEOUT_SECONDS)
+                jobs += found
         except Exception as e:
             log.warning("could not count the queue of policy %s for a new Job: %s", gov.policy.name, e)
-            warnings.append(f"jobgate: could not count the queue of ConcurrencyPolicy {gov.policy.name}; accepted")
+            warnings.append(f"jobgate: could not count the queue of {gov.policy.kind} {gov.policy.name}; accepted")
             continue
-        full = admission.queue_full(gov, jobs)
+        full = admission.queue_full(gov, jobs, namespaces)
         if full is not None:
             return full
     return None

@@ -70,6 +70,7 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
         job_selector=args.job_selector,
         resync_seconds=args.resync_seconds,
         landing_seconds=timing.landing_seconds,
+        cluster_policies=args.cluster_policies,
     )
     engine = Engine(api, engine_settings, metrics)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -93,6 +94,7 @@ async def operate(args: argparse.Namespace, stop_flag: asyncio.Event | None = No
         registry,
         engine,
         webhook=bool(args.webhook_port),
+        cluster_policies=args.cluster_policies,
         is_leader=(lambda: leadership.is_leader) if args.leader_elect else (lambda: True),
     )
 
