@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from jobgate.core.jobs import QUEUED_LABEL, JobView
@@ -228,3 +228,51 @@ def test_a_namespace_relabeled_into_a_cluster_policy_has_its_jobs_listed_again()
     assert before == set()  # ungoverned: not kept
     assert ("b", "team") in api.listed  # listed again in that namespace, with the cluster policy's selector
     assert after == {"uid-red"}
+
+
+def cluster_policy_body(name: str, rv: int, namespace_labels: dict[str, str]) -> dict[str, Any]:
+    manifest = policy_manifest(name, {}, ["team"], 1)
+    manifest["kind"] = "ClusterConcurrencyPolicy"
+    manifest["spec"]["selector"] = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
+    manifest["spec"]["namespaceSelector"] = {"matchLabels": namespace_labels}
+    policy_body = body(manifest, f"uid-{name}", rv)
+    del policy_body["metadata"]["namespace"]
+    return policy_body
+
+
+def cached_after(change: Callable[[Engine], None]) -> set[str]:
+    """The Jobs cached once the streams follow `change`: a running Job of namespace b, which at first
+    no policy governs, so it is dropped as it comes through the stream that cluster policy a opened."""
+
+    async def scenario() -> set[str]:
+        red = running("red", 5, labels={"team": "red"})
+        red["metadata"]["namespace"] = "b"
+        engine = leading_engine(NamespacedListApi([red]), EngineSettings(cluster_policies=True))
+        engine.observe_policy("ADDED", cluster_policy_body("a", 2, {"tenant": "true"}))
+        engine.observe_namespace("ADDED", "b", {"other": "true"})
+        term = term_of(engine)
+        await engine._follow_streams(term)
+        assert "uid-red" not in term.jobs.jobs
+        change(engine)
+        while term.streams_stale:
+            term.streams_stale = False
+            await engine._follow_streams(term)
+        await term.end()
+        await engine.close()
+        return set(term.jobs.jobs)
+
+    return asyncio.run(scenario())
+
+
+def test_a_cluster_policy_that_now_reaches_a_namespace_counts_the_jobs_that_run_there() -> None:
+    """Its stream is the same (same selector): without a new LIST, red would never be counted, and a
+    second team=red Job elsewhere would be admitted beside it."""
+    assert cached_after(lambda e: e.observe_policy("MODIFIED", cluster_policy_body("a", 3, {"other": "true"}))) == {
+        "uid-red"
+    }
+
+
+def test_a_new_cluster_policy_sharing_a_stream_counts_the_jobs_already_running() -> None:
+    assert cached_after(lambda e: e.observe_policy("ADDED", cluster_policy_body("b2", 3, {"other": "true"}))) == {
+        "uid-red"
+    }

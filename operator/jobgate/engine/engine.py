@@ -288,6 +288,15 @@ class Engine:
         term = self.term
         if term is not None and (before is None or after is None or before.spec.selector != after.spec.selector):
             term.streams_stale = True  # the next pass first watches (and lists) what it now selects
+        if term is not None and after is not None and (before is None or selects_otherwise(before, after)):
+            # Jobs it governs may have come already through a stream it shares (another policy's selector,
+            # a namespace's union of selectors), and been dropped as nothing governed them: list them again.
+            if after.cluster_scoped:
+                known = self.policies.namespaces
+                term.relabeled.update(n for n in known if admission.reaches(after, n, known))
+            else:
+                term.relabeled.add(after.namespace)
+            term.streams_stale = True
         self.changed()
 
     def observe_namespace(self, event_type: str | None, name: str, labels: Mapping[str, str]) -> None:
@@ -790,6 +799,11 @@ class Engine:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def selects_otherwise(before: ConcurrencyPolicy, after: ConcurrencyPolicy) -> bool:
+    """Whether the policy may govern other Jobs than it did: its selector or its namespaceSelector changed."""
+    return before.spec.selector != after.spec.selector or before.namespace_selector != after.namespace_selector
 
 
 def _parsed(bodies: Iterable[Mapping[str, Any]]) -> list[tuple[ConcurrencyPolicy, int]]:

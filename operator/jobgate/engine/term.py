@@ -42,7 +42,9 @@ class Term:
     recheck: dict[str, int] = field(default_factory=dict)  # Jobs said gone while a write was in flight
     streams: dict[JobStream, asyncio.Task[None]] = field(default_factory=dict)  # the Job watches
     streams_stale: bool = False  # policies changed: the set of watches may have to follow
-    relabeled: set[str] = field(default_factory=set)  # namespaces cluster policies reach anew: list them again
+    # Namespaces where policies may govern Jobs they did not (a namespace relabeled into a cluster policy's
+    # reach, a policy added or its selectors changed): their streams are listed again.
+    relabeled: set[str] = field(default_factory=set)
     streams_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     ended: bool = False
