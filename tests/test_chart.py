@@ -492,7 +492,7 @@ def test_namespaced_install_grants_nothing_cluster_wide_but_its_webhook_configur
 
 
 # ClusterConcurrencyPolicies (clusterPolicies.enabled): the policies, their status, and the Namespaces'
-# labels their namespaceSelectors read (operator/jobgate/kube/api.py, the webhook's get_namespace_labels).
+# labels their namespaceSelectors read (operator/jobgate/kube/api.py, the webhook's get_namespace).
 CLUSTER_POLICY_RULES = [
     {"apiGroups": ["jobgate.dev"], "resources": ["clusterconcurrencypolicies"], "verbs": READ},
     {"apiGroups": ["jobgate.dev"], "resources": ["clusterconcurrencypolicies/status"], "verbs": ["patch"]},

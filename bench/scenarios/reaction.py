@@ -33,6 +33,7 @@ from bench.scenarios import Document, target
 from jobgate.core.jobs import JobView
 from jobgate.core.patches import JsonPatch
 from jobgate.engine.engine import Engine, EngineSettings
+from jobgate.kube.api import NamespaceRead
 from jobgate.telemetry.metrics import Metrics
 from localcluster.manifests import job_manifest, policy_manifest
 
@@ -121,11 +122,11 @@ class InMemoryApi:
     async def list_cluster_policies(self) -> tuple[list[Mapping[str, Any]], int]:
         return [], 1
 
-    async def list_namespaces(self) -> tuple[list[tuple[str, dict[str, str]]], int]:
-        return [(f"tenant-{n}", {}) for n in range(POLICIES)], 1
+    async def list_namespaces(self) -> tuple[list[NamespaceRead], int]:
+        return [(f"tenant-{n}", {}, 1) for n in range(POLICIES)], 1
 
-    async def get_namespace_labels(self, name: str) -> dict[str, str] | None:
-        return {}
+    async def get_namespace(self, name: str) -> NamespaceRead | None:
+        return (name, {}, 1)
 
     async def patch_job(self, namespace: str, name: str, patch: JsonPatch) -> Mapping[str, Any] | None:
         now = time.perf_counter()

@@ -125,7 +125,7 @@ def test_the_planner_a_primed_cache_keeps_decides_as_the_full_plan_over_its_jobs
                 case 8:
                     policies.put_policy(views.policy("cap", {"app": "export"}, [], rng.randrange(1, 4)), version)
                 case 9:  # the Namespace relabeled: the cluster policy reaches it, or not
-                    policies.put_namespace(views.NS, {"tenant": rng.choice(["yes", "no"])})
+                    policies.put_namespace(views.NS, {"tenant": rng.choice(["yes", "no"])}, version)
                 case 6:
                     if uid in cache.jobs and rng.random() < 0.5:
                         assumed.add(uid)
@@ -165,12 +165,12 @@ def test_a_namespace_relabeled_into_a_cluster_policy_changes_whom_it_governs() -
     cache.namespace_listeners.append(heard.append)
     cache.put_policy(cluster_policy("per-team", "yes"), 1)
     red = job("red", {"team": "red"}, namespace="a")
-    assert not cache.put_namespace("a", {"tenant": "no"})  # reached by nothing, before or after
+    assert not cache.put_namespace("a", {"tenant": "no"}, 1)  # reached by nothing, before or after
     assert cache.policy_index.governance(red) == []
-    assert cache.put_namespace("a", {"tenant": "yes"})
+    assert cache.put_namespace("a", {"tenant": "yes"}, 2)
     assert [g.policy.name for g in cache.policy_index.governance(red)] == ["per-team"]
-    assert not cache.put_namespace("a", {"tenant": "yes", "other": "label"})  # the same policies reach it
-    assert cache.delete_namespace("a")
+    assert not cache.put_namespace("a", {"tenant": "yes", "other": "label"}, 3)  # the same policies reach it
+    assert cache.delete_namespace("a", 4)
     assert cache.policy_index.governance(red) == []
     assert heard == ["a", "a", "a", "a"]  # every change of labels: a planner keeps them all
 
@@ -184,3 +184,19 @@ def test_a_list_of_cluster_policies_and_one_of_namespaced_ones_delete_only_their
     cache.put_policy(policy("exports", {"app": "x"}, [], 1), 6)
     cache.replace_policies([], list_version=7, cluster=True)
     assert list(cache.policies) == [(NS, "exports")]
+
+
+def test_an_older_state_of_a_namespace_never_overwrites_a_newer_one() -> None:
+    """A resync's LIST of the Namespaces left before a relabel's event arrived: applied after it, it must not
+    undo the relabel (a namespace taken out of a cluster policy's reach stops counting its running Jobs)."""
+    cache = PolicyCache()
+    cache.put_policy(cluster_policy("per-team", "yes"), 1)
+    red = job("red", {"team": "red"}, namespace="a")
+    assert cache.put_namespace("a", {"tenant": "yes"}, 10)  # the relabel's event
+    assert cache.replace_namespaces([("a", {"tenant": "no"}, 7)], list_version=9) == []  # the older LIST
+    assert cache.replace_namespaces([], list_version=9) == []  # a LIST from before the namespace was made
+    assert cache.put_namespace("a", {"tenant": "no"}, 8) is False  # a read that left before the event
+    assert [g.policy.name for g in cache.policy_index.governance(red)] == ["per-team"]
+    assert cache.delete_namespace("a", 12)
+    assert not cache.put_namespace("a", {"tenant": "yes"}, 11)  # a late event does not bring it back
+    assert cache.policy_index.governance(red) == []

@@ -209,12 +209,12 @@ def test_a_namespace_relabeled_into_a_cluster_policy_has_its_jobs_listed_again()
         cluster_body = body(cluster, "cluster-uid", 2)
         del cluster_body["metadata"]["namespace"]
         engine.observe_policy("ADDED", cluster_body)
-        engine.observe_namespace("ADDED", "b", {})
+        engine.observe_namespace("ADDED", "b", {}, 1)
         term = term_of(engine)
         engine.observe_job("ADDED", red)
         before = set(term.jobs.jobs)
         await engine._follow_streams(term)  # the streams for the cluster policy
-        engine.observe_namespace("MODIFIED", "b", {"tenant": "true"})
+        engine.observe_namespace("MODIFIED", "b", {"tenant": "true"}, 2)
         assert term.streams_stale and term.relabeled == {"b"}
         await engine._follow_streams(term)
         after = set(term.jobs.jobs)
@@ -249,7 +249,7 @@ def cached_after(change: Callable[[Engine], None]) -> set[str]:
         red["metadata"]["namespace"] = "b"
         engine = leading_engine(NamespacedListApi([red]), EngineSettings(cluster_policies=True))
         engine.observe_policy("ADDED", cluster_policy_body("a", 2, {"tenant": "true"}))
-        engine.observe_namespace("ADDED", "b", {"other": "true"})
+        engine.observe_namespace("ADDED", "b", {"other": "true"}, 1)
         term = term_of(engine)
         await engine._follow_streams(term)
         assert "uid-red" not in term.jobs.jobs

@@ -39,6 +39,8 @@ class PolicyCache:
     # Called with a namespace's name whenever its labels change (or it is deleted), e.g. for a planner's
     # upsert_namespace: it must know every Namespace's labels, for the cluster policies still to come.
     namespace_listeners: list[Callable[[str], None]] = field(default_factory=list)
+    # The resourceVersion of the newest state seen of each Namespace, deleted ones too.
+    namespace_versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def policy_index(self) -> PolicyIndex:
@@ -46,27 +48,39 @@ class PolicyCache:
             self._policy_index = PolicyIndex(self.policies.values(), self.namespaces)
         return self._policy_index
 
-    def put_namespace(self, name: str, labels: Mapping[str, str]) -> bool:
-        """Keep a Namespace's labels; True when the ClusterConcurrencyPolicies that reach it changed."""
-        before = self.namespaces.get(name)
-        if before == labels:
+    def put_namespace(self, name: str, labels: Mapping[str, str], resource_version: int) -> bool:
+        """Keep a Namespace's labels unless a newer state is known; True when the ClusterConcurrencyPolicies
+        that reach it changed."""
+        if resource_version < self.namespace_versions.get(name, 0):
+            return False  # a LIST or a read that left before the event we have
+        self.namespace_versions[name] = resource_version
+        if self.namespaces.get(name) == labels:
             return False
         reached = self._reaching(name)
         self.namespaces[name] = labels
         return self._reach_changed(name, reached)
 
-    def delete_namespace(self, name: str) -> bool:
+    def delete_namespace(self, name: str, resource_version: int) -> bool:
+        if resource_version < self.namespace_versions.get(name, 0):
+            return False
+        self.namespace_versions[name] = resource_version  # kept: a late event must not bring it back
         if name not in self.namespaces:
             return False
         reached = self._reaching(name)
         del self.namespaces[name]
         return self._reach_changed(name, reached)
 
-    def replace_namespaces(self, listed: Iterable[tuple[str, Mapping[str, str]]]) -> list[str]:
-        """Take a LIST of the Namespaces; return those that cluster policies now reach differently."""
-        found = dict(listed)
-        changed = [name for name, labels in found.items() if self.put_namespace(name, labels)]
-        return changed + [name for name in set(self.namespaces) - set(found) if self.delete_namespace(name)]
+    def replace_namespaces(self, listed: Iterable[tuple[str, Mapping[str, str], int]], list_version: int) -> list[str]:
+        """Take a LIST of the Namespaces taken at `list_version`; return those that cluster policies now reach
+        differently. One it lacks is deleted only if what we know of it is older than the LIST."""
+        found = set()
+        changed = []
+        for name, labels, version in listed:
+            found.add(name)
+            if self.put_namespace(name, labels, version):
+                changed.append(name)
+        missing = [name for name in self.namespaces if name not in found]
+        return changed + [name for name in missing if self.delete_namespace(name, list_version)]
 
     def _reaching(self, namespace: str) -> list[PolicyRef]:
         return [ref for ref, p in self.policies.items() if p.cluster_scoped and reaches(p, namespace, self.namespaces)]

@@ -33,7 +33,7 @@ from jobgate.engine import evictions, watches
 from jobgate.engine.cache import PolicyCache
 from jobgate.engine.term import Expectation, Term
 from jobgate.engine.watches import JobStream
-from jobgate.kube.api import ApiError, NotLeading, WatchExpired
+from jobgate.kube.api import ApiError, NamespaceRead, NotLeading, WatchExpired
 from jobgate.telemetry.metrics import Metrics
 
 log = logging.getLogger("jobgate.engine")
@@ -63,12 +63,12 @@ class ClusterApi(Protocol):
 
     async def list_cluster_policies(self) -> tuple[list[Mapping[str, Any]], int]: ...
 
-    async def list_namespaces(self) -> tuple[list[tuple[str, dict[str, str]]], int]:
-        """Every Namespace's name and labels."""
+    async def list_namespaces(self) -> tuple[list[NamespaceRead], int]:
+        """Every Namespace's name, labels and resourceVersion; and the LIST's."""
         ...
 
-    async def get_namespace_labels(self, name: str) -> dict[str, str] | None:
-        """One Namespace's labels; None when there is no such Namespace."""
+    async def get_namespace(self, name: str) -> NamespaceRead | None:
+        """One Namespace; None when there is no such Namespace."""
         ...
 
     async def patch_job(self, namespace: str, name: str, patch: patches.JsonPatch) -> Mapping[str, Any] | None:
@@ -299,12 +299,13 @@ class Engine:
             term.streams_stale = True
         self.changed()
 
-    def observe_namespace(self, event_type: str | None, name: str, labels: Mapping[str, str]) -> None:
-        """A Namespace was added, relabeled or deleted: the ClusterConcurrencyPolicies that reach it may differ."""
+    def observe_namespace(self, event_type: str | None, name: str, labels: Mapping[str, str], version: int) -> None:
+        """A Namespace was added, relabeled or deleted (at resourceVersion `version`): the
+        ClusterConcurrencyPolicies that reach it may differ. An older state than known is ignored."""
         if event_type == "DELETED":
-            changed = self.policies.delete_namespace(name)
+            changed = self.policies.delete_namespace(name, version)
         else:
-            changed = self.policies.put_namespace(name, labels)
+            changed = self.policies.put_namespace(name, labels, version)
         if changed:
             self._reach_changed([name])
 
@@ -355,8 +356,8 @@ class Engine:
         for namespace in self._scopes():
             await self._read_policies(namespace)
         if self.settings.cluster_policies:
-            listed, _ = await self.api.list_namespaces()
-            relabeled = self.policies.replace_namespaces(listed)
+            listed, list_version = await self.api.list_namespaces()
+            relabeled = self.policies.replace_namespaces(listed, list_version)
             await self._read_cluster_policies()
             if relabeled:
                 self._reach_changed(relabeled)
@@ -376,11 +377,8 @@ class Engine:
         await self._read_policies(namespace)
         if not self.settings.cluster_policies:
             return
-        labels = await self.api.get_namespace_labels(namespace)
-        if labels is None:
-            relabeled = self.policies.delete_namespace(namespace)
-        else:
-            relabeled = self.policies.put_namespace(namespace, labels)
+        read = await self.api.get_namespace(namespace)  # None: deleted, and its Jobs with it
+        relabeled = read is not None and self.policies.put_namespace(*read)
         await self._read_cluster_policies()
         if relabeled:
             self._reach_changed([namespace])

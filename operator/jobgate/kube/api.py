@@ -243,11 +243,12 @@ class KubeApi:
         path = f"/apis/{GROUP}/{VERSION}/{CLUSTER_PLURAL}"
         return await self._list(path, CLUSTER_PLURAL, lambda body: {**body, "kind": CLUSTER_KIND})
 
-    async def list_namespaces(self) -> tuple[list[tuple[str, dict[str, str]]], int]:
-        """Every Namespace's name and labels: what ClusterConcurrencyPolicies' namespaceSelectors read."""
-        return await self._list("/api/v1/namespaces", "namespaces", namespace_labels)
+    async def list_namespaces(self) -> tuple[list[NamespaceRead], int]:
+        """Every Namespace's name, labels and resourceVersion: what ClusterConcurrencyPolicies'
+        namespaceSelectors read."""
+        return await self._list("/api/v1/namespaces", "namespaces", namespace_read)
 
-    async def get_namespace_labels(self, name: str) -> dict[str, str] | None:
+    async def get_namespace(self, name: str) -> NamespaceRead | None:
         """One Namespace's labels, read fresh; None when there is no Namespace of that name."""
         try:
             _, body = await self.request("get", f"/api/v1/namespaces/{quote(name)}", "namespaces")
@@ -255,7 +256,7 @@ class KubeApi:
             if e.status == 404:
                 return None
             raise
-        return namespace_labels(body)[1]
+        return namespace_read(body)
 
     async def get_job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         try:
@@ -336,9 +337,12 @@ class KubeApi:
         await self.request("create", f"/api/v1/namespaces/{quote(job.namespace)}/events", "events", body=event)
 
 
-def namespace_labels(body: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+NamespaceRead = tuple[str, dict[str, str], int]  # a Namespace's name, labels and resourceVersion
+
+
+def namespace_read(body: Mapping[str, Any]) -> NamespaceRead:
     meta = body["metadata"]
-    return meta["name"], dict(meta.get("labels") or {})
+    return meta["name"], dict(meta.get("labels") or {}), int(meta.get("resourceVersion") or 0)
 
 
 def _watch_event(event: Mapping[str, Any], path: str) -> tuple[str, Mapping[str, Any]]:

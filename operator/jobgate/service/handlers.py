@@ -53,8 +53,10 @@ def register(
             engine.observe_policy(type, body)
 
         @kopf.on.event("", "v1", "namespaces", registry=registry)
-        async def namespace_changed(type: str | None, name: str, labels: kopf.Labels, **_: Any) -> None:
-            engine.observe_namespace(type, name, dict(labels))
+        async def namespace_changed(
+            type: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta, **_: Any
+        ) -> None:
+            engine.observe_namespace(type, name, dict(labels), int(meta.get("resourceVersion") or 0))
 
     @kopf.on.probe(id="leader", registry=registry)
     async def leader(**_: Any) -> bool:
@@ -110,12 +112,12 @@ async def _namespace_known(engine: Engine, namespace: str) -> None:
     if namespace in engine.policies.namespaces or not any(p.cluster_scoped for p in engine.policies.policies.values()):
         return
     try:
-        labels = await asyncio.wait_for(engine.api.get_namespace_labels(namespace), queues.COUNT_TIMEOUT_SECONDS)
+        read = await asyncio.wait_for(engine.api.get_namespace(namespace), queues.COUNT_TIMEOUT_SECONDS)
     except Exception as e:  # the Job is decided on what is known; the engine's backstop covers the rest
         log.warning("could not read the labels of namespace %s for a new Job: %s", namespace, e)
         return
-    if labels is not None and namespace not in engine.policies.namespaces:  # else the watch's is as new
-        engine.observe_namespace("ADDED", namespace, labels)
+    if read is not None:  # an older state than the watch's is ignored
+        engine.observe_namespace("ADDED", *read)
 
 
 async def _policies_known(engine: Engine) -> bool:
