@@ -308,6 +308,11 @@ class ConcurrencyPolicy(_Model):
         return self.spec.namespaceSelector if isinstance(self.spec, ClusterPolicySpec) else None
 
     @property
+    def mention(self) -> str:
+        """How Events on a Job name it: "policy exports" (of the Job's namespace), "cluster policy per-team"."""
+        return f"cluster policy {self.name}" if self.cluster_scoped else f"policy {self.name}"
+
+    @property
     def title(self) -> str:
         """How messages name it: "ConcurrencyPolicy team-a/exports", "ClusterConcurrencyPolicy per-team"."""
         return f"{self.kind} {self.name}" if self.cluster_scoped else f"{self.kind} {self.namespace}/{self.name}"

@@ -644,7 +644,7 @@ class Engine:
             self.metrics.admitted(gov.policy, waited=max(0.0, now - queued_since))
         if triggered_at is not None:
             self.metrics.decision_latency.observe(max(0.0, now - triggered_at))
-        where = "; ".join(f"policy {g.policy.name} key {g.key_text}" for g in govs)
+        where = "; ".join(f"{g.policy.mention} key {g.key_text}" for g in govs)
         self._post(job, "Normal", "Admitted", f"Admitted by {where} after {now - queued_since:.1f}s queued")
 
     async def _resuspend(self, term: Term, job: JobView) -> None:
@@ -688,7 +688,7 @@ class Engine:
             self._retry_later()
             return
         if done is not None:
-            self._post(job, "Normal", "Released", "Unsuspended: no ConcurrencyPolicy governs this Job any more")
+            self._post(job, "Normal", "Released", "Unsuspended: no policy governs this Job any more")
 
     def _deleter(self, term: Term) -> evictions.Delete:
         """How evictions.py deletes a queued Job: through the same gate as every write, and decided again
@@ -739,7 +739,7 @@ class Engine:
             parts = []
             for gov in govs:
                 parts.append(
-                    f"policy {gov.policy.name} key {gov.key_text} "
+                    f"{gov.policy.mention} key {gov.key_text} "
                     f"({planner.running_count(gov.slot)}/{gov.policy.limit_for(gov.key)} running)"
                 )
                 if gov.missing_labels:
@@ -747,7 +747,7 @@ class Engine:
                         job,
                         "Warning",
                         "MissingKeyLabel",
-                        f"Job lacks label(s) {', '.join(gov.missing_labels)} that policy {gov.policy.name} "
+                        f"Job lacks label(s) {', '.join(gov.missing_labels)} that {gov.policy.mention} "
                         "keys on: it is counted under the empty value",
                     )
             if job.uid not in admitted_now:
@@ -762,7 +762,8 @@ class Engine:
         for job in jobs:
             if job.uid in self.warned or (job.foreign is None and not job.invalid):
                 continue
-            if job.finished or not self.policies.policy_index.governance_of(job):
+            governors = [] if job.finished else self.policies.policy_index.governance_of(job)
+            if not governors:
                 continue
             self.warned.add(job.uid)
             if job.foreign is not None:
@@ -770,7 +771,7 @@ class Engine:
                     job,
                     "Warning",
                     "NotGated",
-                    f"jobgate leaves this Job alone though a ConcurrencyPolicy selects it: {job.foreign}",
+                    f"jobgate leaves this Job alone though {governors[0].policy.title} selects it: {job.foreign}",
                 )
             else:
                 self._post(job, "Warning", "InvalidAnnotation", "; ".join(job.invalid))

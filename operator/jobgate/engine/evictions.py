@@ -27,8 +27,7 @@ def why(governors: Sequence[admission.Governance]) -> str:
     """The Event's message: which policy's queue, for which key, holds how many."""
     bounded = [g for g in governors if g.policy.spec.replaces_oldest]
     where = "; ".join(
-        f"policy {g.policy.name} keeps at most {g.policy.spec.maxQueued} queued Job(s)"
-        f"{admission.for_key(g.policy, g.key)}"
+        f"{g.policy.mention} keeps at most {g.policy.spec.maxQueued} queued Job(s){admission.for_key(g.policy, g.key)}"
         for g in bounded
     )
     return f"Deleted from the queue by jobgate: {where} (overflow: ReplaceOldest), and newer Jobs are queued"
