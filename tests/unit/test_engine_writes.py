@@ -8,6 +8,7 @@ from typing import Any
 
 from jobgate.core.jobs import JobView
 from jobgate.core.patches import JsonPatch
+from jobgate.engine.engine import EngineSettings
 from localcluster.manifests import job_manifest, policy_manifest
 from tests.support.engines import body, leading_engine, term_of
 
@@ -184,6 +185,36 @@ def test_a_job_is_released_only_when_a_fresh_read_of_the_policies_finds_none_tha
         await settle()
         assert len(api.patched) == 1
         await api.answer.put(True)
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_a_cluster_policy_governs_is_not_released_while_the_watches_lag() -> None:
+    class LaggingWatches(SlowApi):
+        async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]:
+            return [], 50
+
+        async def list_cluster_policies(self) -> tuple[list[Mapping[str, Any]], int]:
+            manifest = policy_manifest("per-team", {}, ["team"], 0)
+            manifest["spec"]["namespaceSelector"] = {"matchLabels": {"tenant": "true"}}
+            manifest["kind"] = "ClusterConcurrencyPolicy"
+            cluster = body(manifest, "per-team-uid", 10)
+            del cluster["metadata"]["namespace"]
+            return [cluster], 50
+
+        async def get_namespace(self, name: str) -> tuple[str, dict[str, str], int]:
+            return name, {"tenant": "true"}, 9  # labeled before the Job was made
+
+    async def scenario() -> None:
+        api = LaggingWatches()
+        engine = leading_engine(api, EngineSettings(cluster_policies=True))
+        engine.observe_job("ADDED", body(job_manifest("first", {"team": "red"}), "first-uid", 20))
+        term_of(engine).jobs.prime()
+        assert [j.name for j in engine.decide_once(term_of(engine)).release] == ["first"]
+        await settle()
+        assert api.patched == [], "released while a cluster policy governs it"
+        assert engine.decide_once(term_of(engine)).release == []
         await engine.close()
 
     asyncio.run(scenario())

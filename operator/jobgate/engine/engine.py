@@ -136,7 +136,8 @@ class Engine:
         self._write_limit = asyncio.Semaphore(settings.write_concurrency)
         self._event_limit = asyncio.Semaphore(settings.event_concurrency)
         self._writes_settle_at = float("-inf")  # monotonic: every write sent so far has landed, or never will
-        # Per namespace: the last policy LIST sent for a release (monotonic send time, and the read itself).
+        # Per namespace ("" for the cluster policies): the last read of what governs its Jobs sent for a
+        # release (monotonic send time, and the read itself).
         self._policy_reads: dict[str, tuple[float, asyncio.Future[None]]] = {}
 
     @property
@@ -371,28 +372,33 @@ class Engine:
         bodies, version = await self.api.list_cluster_policies()
         self.policies.replace_policies(_parsed(bodies), version, cluster=True)
 
-    async def _read_governors(self, namespace: str) -> None:
-        """Everything that may govern a Job of this namespace, read fresh: its ConcurrencyPolicies and,
-        with --cluster-policies, the Namespace's labels and the ClusterConcurrencyPolicies."""
+    async def _read_namespace_governors(self, namespace: str) -> None:
+        """The namespace's ConcurrencyPolicies and, with --cluster-policies, its labels, read fresh."""
         await self._read_policies(namespace)
-        if not self.settings.cluster_policies:
-            return
-        read = await self.api.get_namespace(namespace)  # None: deleted, and its Jobs with it
-        relabeled = read is not None and self.policies.put_namespace(*read)
-        await self._read_cluster_policies()
-        if relabeled:
-            self._reach_changed([namespace])
+        if self.settings.cluster_policies:
+            read = await self.api.get_namespace(namespace)  # None: deleted, and its Jobs with it
+            if read is not None and self.policies.put_namespace(*read):
+                self._reach_changed([namespace])
 
     async def _policies_read_after(self, namespace: str, after: float) -> None:
-        """What may govern the namespace's Jobs, re-read by LISTs sent no earlier than `after` (monotonic).
+        """What may govern the namespace's Jobs, re-read by reads sent no earlier than `after` (monotonic):
+        its policies and labels and, with --cluster-policies, the ClusterConcurrencyPolicies.
 
-        Callers that may share a read do: a pass that releases a thousand Jobs sends one LIST.
+        Callers that may share a read do: a pass that releases a thousand Jobs sends one LIST per
+        namespace, and one of the cluster policies.
         """
-        read = self._policy_reads.get(namespace)
-        if read is None or read[0] < after or (read[1].done() and read[1].exception() is not None):
-            read = (self.monotonic(), asyncio.ensure_future(self._read_governors(namespace)))
-            self._policy_reads[namespace] = read
-        await asyncio.shield(read[1])
+        reads = [self._read_after(namespace, after, lambda: self._read_namespace_governors(namespace))]
+        if self.settings.cluster_policies:
+            reads.append(self._read_after("", after, self._read_cluster_policies))  # "": no namespace's name
+        await asyncio.gather(*reads)
+
+    async def _read_after(self, key: str, after: float, read: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """The read kept under `key` if it was sent after `after` and did not fail; else a new one."""
+        kept = self._policy_reads.get(key)
+        if kept is None or kept[0] < after or (kept[1].done() and kept[1].exception() is not None):
+            kept = (self.monotonic(), asyncio.ensure_future(read()))
+            self._policy_reads[key] = kept
+        await asyncio.shield(kept[1])
 
     async def sync(self, term: Term, announce: bool = True) -> None:
         """Re-read policies and Jobs: the truth after restarts, leader changes and watch gaps."""
