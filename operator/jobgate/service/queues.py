@@ -64,17 +64,22 @@ async def first_full(
     """The first Reject-bounded queue among the Job's governors that has no room for it.
 
     A queue that cannot be counted (the API did not answer) does not refuse the Job:
-    a warning says so, and the Job is queued past the bound rather than lost.
+    a warning says so, and the Job is queued past the bound rather than lost. All the
+    counting shares one deadline, and a key's scopes are listed at once: a cluster
+    policy over several watched namespaces must not take the webhook past its timeout.
     """
+    deadline = asyncio.get_running_loop().time() + COUNT_TIMEOUT_SECONDS
     for gov in governors:
         spec = gov.policy.spec
         if spec.maxQueued is None or spec.queue_overflow != "Reject":
             continue
         jobs: list[JobView] = []
         try:
-            for scope in key_scopes(gov, job, scopes):
-                found, _ = await asyncio.wait_for(api.list_jobs(scope, key_selector(gov)), COUNT_TIMEOUT_SECONDS)
-                jobs += found
+            selector = key_selector(gov)
+            lists = [api.list_jobs(scope, selector) for scope in key_scopes(gov, job, scopes)]
+            async with asyncio.timeout_at(deadline):
+                for found, _ in await asyncio.gather(*lists):
+                    jobs += found
         except Exception as e:
             log.warning("could not count the queue of policy %s for a new Job: %s", gov.policy.name, e)
             warnings.append(f"jobgate: could not count the queue of {gov.policy.kind} {gov.policy.name}; accepted")
