@@ -74,7 +74,7 @@ def test_counting_shares_one_deadline_and_lists_a_keys_scopes_at_once(monkeypatc
     per_app = cluster_policy("per-app", ["app"], maxQueued=1)
     new = job("new", {"team": "red", "app": "x"}, namespace="a")
     govs = governance([per_team, per_app], new)
-    api, warnings = Silent([]), []
+    api, warnings = Silent([]), list[str]()
     assert asyncio.run(first_full(api, new, govs, warnings, scopes=("a", "b", "c"))) is None
-    assert sorted(api.selectors[:3]) == ["a", "b", "c"]  # listed at once: none had answered
+    assert set(api.selectors[:3]) == {"a", "b", "c"}  # listed at once: none had answered
     assert len(warnings) == 2
