@@ -219,9 +219,19 @@ def test_relabeling_a_namespace_moves_its_jobs_in_and_out_of_a_cluster_policy(
     assert "no policy governs" in tenants.event(second, "red-b", "Released")
     assert_never_over_admitted(tenants.watch)
 
+    # While jobgate is down, a red Job of a namespace the policy does not select is created as if jobgate
+    # did not exist: the matchCondition names the selected namespaces. One of a selected namespace is refused.
+    tenant_webhook.operator.stop()
+    blue = {"team": "blue"}  # a key with room: only the webhook being down can refuse it
+    elsewhere = job_manifest("down-elsewhere", blue, suspend=False)
+    assert tenants.scenario.batch.create_namespaced_job(second, elsewhere, dry_run="All").spec.suspend is False
+    with pytest.raises(ApiException) as refused_while_down:
+        tenants.scenario.batch.create_namespaced_job(first, job_manifest("down", blue, suspend=False), dry_run="All")
+    assert refused_while_down.value.status == 500 and "failed calling webhook" in refused_while_down.value.body
+
 
 def test_match_conditions_cannot_read_the_namespace_of_a_webhook_call(cluster: ClusterAccess, namespace: str) -> None:
-    """Why a cluster policy's matchCondition is its selector in any namespace: the API server declares
+    """Why a cluster policy's matchCondition names its namespaces rather than read their labels: the API server declares
     `namespaceObject` for webhooks' matchConditions but leaves it empty, and a condition that reads it
     fails, which under failurePolicy Fail refuses the Job."""
     webhook = Unanswered(cluster, f"namespace-object-{namespace}", [namespace])

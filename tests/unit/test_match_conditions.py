@@ -138,7 +138,11 @@ def test_the_budget_holds_for_any_number_of_policies() -> None:
     assert Precision.SELECTOR in scope.precision.values()
 
 
-def cluster_policy(name: str, selector: dict[str, Any]) -> ConcurrencyPolicy:
+TENANTS = {"matchLabels": {"tenant": "true"}}
+NAMESPACES = {"t1": {"tenant": "true"}, "t2": {"tenant": "true"}, "other": {}, "kube-system": {"tenant": "true"}}
+
+
+def cluster_policy(name: str, selector: dict[str, Any], namespaces: dict[str, Any] = TENANTS) -> ConcurrencyPolicy:
     return ConcurrencyPolicy.model_validate(
         {
             "namespace": "",
@@ -147,25 +151,48 @@ def cluster_policy(name: str, selector: dict[str, Any]) -> ConcurrencyPolicy:
             "generation": 1,
             "created": 0.0,
             "spec": ClusterPolicySpec.model_validate(
-                {"selector": selector, "namespaceSelector": {"matchLabels": {"tenant": "true"}}, "maxConcurrent": 1}
+                {"selector": selector, "namespaceSelector": namespaces, "maxConcurrent": 1}
             ),
         }
     )
 
 
-def test_a_cluster_policy_adds_its_selector_in_any_namespace() -> None:
-    team = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
+TEAM = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
+
+
+def test_a_cluster_policy_adds_its_selector_in_the_namespaces_it_selects_by_name() -> None:
+    """matchConditions cannot read a Namespace's labels: the names come from the labels jobgate watches.
+    A Job of namespace "other" is never sent to the webhook, so jobgate being down never refuses it."""
     billing = policy("billing", "p", {"matchLabels": {"app": "x"}})
-    scope = webhook_scope([billing, cluster_policy("per-team", team)])
+    scope = webhook_scope([billing, cluster_policy("per-team", TEAM)], namespaces=NAMESPACES)
     (alone,) = webhook_scope([billing]).conditions
-    team_term = selector_expression(LabelSelector.model_validate(team))
-    assert scope.conditions[0]["expression"] == f"{alone['expression']} || ({team_term})"
+    team_term = selector_expression(LabelSelector.model_validate(TEAM))
+    in_tenants = f"request.namespace in ['t1', 't2'] && ({team_term})"  # kube-system: never sent
+    assert scope.conditions[0]["expression"] == f"{alone['expression']} || ({in_tenants})"
     assert "namespaceObject" not in team_term  # the API server leaves it empty for webhooks
-    assert scope.precision == {"billing": Precision.SELECTOR, "": Precision.ANY_NAMESPACE}
+    assert scope.precision == {"billing": Precision.SELECTOR, "": Precision.SELECTOR}
+
+
+def test_a_cluster_policy_over_every_namespace_has_its_selector_in_any() -> None:
+    scope = webhook_scope([cluster_policy("per-team", TEAM, {})], namespaces=NAMESPACES)
+    assert scope.conditions[0]["expression"] == f"({selector_expression(LabelSelector.model_validate(TEAM))})"
+    assert scope.precision == {"": Precision.SELECTOR}
+
+
+def test_a_cluster_policy_that_selects_no_namespace_yet_adds_nothing() -> None:
+    scope = webhook_scope([cluster_policy("per-team", TEAM)], namespaces={"other": {}})
+    assert scope.conditions[0]["expression"] == "false"
+
+
+def test_cluster_policies_whose_namespaces_do_not_fit_take_their_selectors_in_any_namespace() -> None:
+    many = {f"tenant-{i:04d}": {"tenant": "true"} for i in range(400)}
+    scope = webhook_scope([cluster_policy("per-team", TEAM)], namespaces=many, budget=2_000)
+    assert scope.conditions[0]["expression"] == f"({selector_expression(LabelSelector.model_validate(TEAM))})"
+    assert scope.precision == {"": Precision.ANY_NAMESPACE}
 
 
 def test_cluster_policies_over_the_budget_leave_no_condition() -> None:
     policies = [cluster_policy(f"p{i}", big_selector(5 + i)) for i in range(20)]
-    scope = webhook_scope(policies, budget=2_000)
+    scope = webhook_scope(policies, budget=2_000, namespaces=NAMESPACES)
     assert scope.conditions == ()
     assert scope.precision == {"": Precision.UNSCOPED}

@@ -20,14 +20,19 @@ the namespace", largest first; if even the namespace list does not fit, there is
 no condition at all and the webhook sees every Job in its scope, as without this
 module.
 
-A ClusterConcurrencyPolicy adds its selector as a term of its own, in any
-namespace. The admission CEL environment declares `namespaceObject`, but
-kube-apiserver 1.36 does not fill it in for webhooks' matchConditions: an
-expression that reads `namespaceObject.metadata` fails ("no such key:
-metadata"), and under `failurePolicy: Fail` the Job is refused
-(tests/test_cluster_policies.py checks this). So the API server calls the
-webhook for the Jobs a cluster policy's selector matches in every namespace, and
-the webhook leaves those of namespaces its namespaceSelector leaves out untouched.
+A ClusterConcurrencyPolicy adds its selector as a term of its own, restricted to
+the namespaces its namespaceSelector selects now, by name. The admission CEL
+environment declares `namespaceObject`, but kube-apiserver 1.36 does not fill it
+in for webhooks' matchConditions: an expression that reads
+`namespaceObject.metadata` fails ("no such key: metadata"), and under
+`failurePolicy: Fail` the Job is refused (tests/test_cluster_policies.py checks
+this). So the names come from the Namespace labels jobgate watches, and the
+condition is rewritten when they change; a Job created in a namespace in the
+moment between its relabel and that rewrite is not sent to the webhook, and the
+engine's backstop suspends it again if it takes a key over its limit. A policy
+whose namespaceSelector is empty, or whose namespaces do not fit in the budget,
+has its selector in any namespace: then the webhook also sees (and, while
+jobgate is down, refuses) such Jobs of namespaces it does not govern.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from jobgate.core.admission import NO_NAMESPACES, NamespaceLabels, reaches
 from jobgate.core.policy import ConcurrencyPolicy, LabelSelector
 
 CONDITION_NAME = "governed-by-a-concurrencypolicy"
@@ -60,7 +66,7 @@ class Precision(Enum):
     NAMESPACE = "Namespace"  # every Job of the namespace: the selectors did not fit
     UNSCOPED = "Unscoped"  # every Job in the webhook's scope: not even the namespaces fit
     EXCLUDED = "Excluded"  # none: the webhook never sees this namespace
-    ANY_NAMESPACE = "AnyNamespace"  # a cluster policy's: the Jobs its selector matches in every namespace
+    ANY_NAMESPACE = "AnyNamespace"  # cluster policies': the Jobs their selectors match in every namespace
 
 
 @dataclass(frozen=True)
@@ -75,15 +81,50 @@ class WebhookScope:
 
 
 def webhook_scope(
-    policies: Iterable[ConcurrencyPolicy], budget: int = EXPRESSION_BUDGET, term_budget: int = TERM_BUDGET
+    policies: Iterable[ConcurrencyPolicy],
+    budget: int = EXPRESSION_BUDGET,
+    term_budget: int = TERM_BUDGET,
+    namespaces: NamespaceLabels = NO_NAMESPACES,
 ) -> WebhookScope:
-    """The webhook's matchConditions for these policies: exact where they fit in the budgets."""
+    """The webhook's matchConditions for these policies: exact where they fit in the budgets.
+
+    `namespaces`: every Namespace's labels, for the names that cluster policies' namespaceSelectors select.
+    """
+    policies = list(policies)
+    cluster = [p for p in policies if p.cluster_scoped]
+    if cluster:
+        restricted = _scope([p for p in policies if not p.cluster_scoped], budget, term_budget, namespaces, cluster)
+        if restricted.precision.get("") != Precision.UNSCOPED:
+            return restricted
+    return _scope(policies, budget, term_budget, namespaces, [])
+
+
+def _scope(
+    policies: Iterable[ConcurrencyPolicy],
+    budget: int,
+    term_budget: int,
+    namespaces: NamespaceLabels,
+    by_name: list[ConcurrencyPolicy],
+) -> WebhookScope:
+    """`webhook_scope`, with the cluster policies in `policies` in any namespace, and those of `by_name`
+    restricted to the namespaces they reach (by name)."""
     selectors: dict[str, set[str]] = defaultdict(set)
     excluded: dict[str, Precision] = {}
     cluster_terms: set[str] = set()
+    for policy in by_name:
+        term = selector_expression(policy.spec.selector)
+        if not (policy.namespace_selector or LabelSelector()).model_dump(exclude_none=True):
+            cluster_terms.add(term)  # every namespace: exact
+            continue
+        reached = sorted(n for n in namespaces if n not in ALWAYS_EXCLUDED and reaches(policy, n, namespaces))
+        if reached:
+            names = ", ".join(_literal(n) for n in reached)
+            cluster_terms.add(f"{_NAMESPACE} in [{names}] && ({term})")
+    in_any_namespace = False
     for policy in policies:
         if policy.cluster_scoped:
             cluster_terms.add(selector_expression(policy.spec.selector))
+            in_any_namespace = True
         elif policy.namespace in ALWAYS_EXCLUDED:
             excluded[policy.namespace] = Precision.EXCLUDED
         else:
@@ -94,9 +135,9 @@ def webhook_scope(
         namespace: None if "true" in exprs else sorted(exprs) for namespace, exprs in selectors.items()
     }
     precision = dict.fromkeys(terms, Precision.SELECTOR)
-    anywhere = sorted(cluster_terms)  # a cluster policy's Jobs, in any namespace
-    if anywhere:
-        excluded[""] = Precision.ANY_NAMESPACE
+    anywhere = sorted(cluster_terms)  # cluster policies' Jobs: in any namespace, or in those named
+    if by_name or in_any_namespace:
+        excluded[""] = Precision.ANY_NAMESPACE if in_any_namespace else Precision.SELECTOR
     size = len(_WHOLE_NAMESPACES.format("")) + sum(_size(namespace, t) for namespace, t in terms.items())
     size += sum(len(term) + len("()") + len(_OR) for term in anywhere)
     count = sum(len(t) for t in terms.values() if t is not None) + len(anywhere)
@@ -110,7 +151,7 @@ def webhook_scope(
         precision[namespace] = Precision.NAMESPACE
     expression = _expression(terms, anywhere)
     if len(expression) > budget or count > term_budget:  # cluster policies' selectors cannot be coarsened
-        return WebhookScope((), {**dict.fromkeys([*terms, *([""] if anywhere else [])], Precision.UNSCOPED)})
+        return WebhookScope((), {**dict.fromkeys([*terms, *([""] if "" in excluded else [])], Precision.UNSCOPED)})
     return WebhookScope(({"name": CONDITION_NAME, "expression": expression},), {**precision, **excluded})
 
 

@@ -27,6 +27,7 @@ from urllib.parse import quote
 import aiohttp
 from kubernetes.aio import client as aio_client
 
+from jobgate.core.admission import NO_NAMESPACES, NamespaceLabels
 from jobgate.core.match_conditions import EXPRESSION_BUDGET, TERM_BUDGET, Precision, WebhookScope, webhook_scope
 from jobgate.core.policy import ConcurrencyPolicy, Condition
 from jobgate.engine.engine import Engine
@@ -62,8 +63,9 @@ _NOTES = {
         "False",
         "SelectorInAnyNamespace",
         "the API server calls jobgate's webhook for the Jobs this policy's selector matches in every namespace, "
-        "also those its namespaceSelector leaves out (matchConditions cannot read a Namespace's labels): "
-        "while jobgate is down, those are refused too",
+        "also those its namespaceSelector leaves out (the names of the namespaces it selects would make the "
+        f"webhook's matchConditions larger than {EXPRESSION_BUDGET} characters): while jobgate is down, those "
+        "are refused too",
     ),
     Precision.EXCLUDED: (
         "False",
@@ -94,10 +96,12 @@ class WebhookScopeKeeper:
         policies: Callable[[], Iterable[ConcurrencyPolicy]],
         is_leader: Callable[[], bool],
         scope_changed: Callable[[], None] = lambda: None,
+        namespaces: Callable[[], NamespaceLabels] = lambda: NO_NAMESPACES,
     ) -> None:
         self.client = client
         self.configuration = configuration
         self.policies = policies
+        self.namespaces = namespaces  # their labels: which namespaces cluster policies select, by name
         self.is_leader = is_leader
         self.scope_changed = scope_changed
         self.scope: WebhookScope | None = None  # what the leader wants; None while not leading
@@ -109,6 +113,10 @@ class WebhookScopeKeeper:
     def policies_changed(self) -> None:
         self._stale = True
         self._wake.set()
+
+    def namespace_changed(self, _name: str) -> None:
+        """A Namespace's labels changed: cluster policies may select other namespaces by name."""
+        self.policies_changed()
 
     def condition_for(self, policy: ConcurrencyPolicy) -> Condition | None:
         """The policy's WebhookScoped condition: whether the webhook sees exactly its Jobs."""
@@ -131,7 +139,7 @@ class WebhookScopeKeeper:
                     continue
                 if self._stale:
                     self._stale = False
-                    self._update_scope(webhook_scope(self.policies()))
+                    self._update_scope(webhook_scope(self.policies(), namespaces=self.namespaces()))
                 await self._converge()
         finally:
             watching.cancel()
@@ -298,13 +306,17 @@ async def keep_webhook_scope(
 ) -> None:
     """Keep `configuration`'s matchConditions in step with the engine's policies, and report in policy status."""
     policies = engine.policies
-    keeper = WebhookScopeKeeper(client, configuration, policies.policies.values, is_leader, engine.changed)
+    keeper = WebhookScopeKeeper(
+        client, configuration, policies.policies.values, is_leader, engine.changed, lambda: policies.namespaces
+    )
     policies.listeners.append(keeper.policies_changed)
+    policies.namespace_listeners.append(keeper.namespace_changed)
     policies.condition_sources.append(keeper.condition_for)
     try:
         await keeper.run()
     finally:
         policies.listeners.remove(keeper.policies_changed)
+        policies.namespace_listeners.remove(keeper.namespace_changed)
         policies.condition_sources.remove(keeper.condition_for)
 
 
