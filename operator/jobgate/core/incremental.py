@@ -260,11 +260,12 @@ class IncrementalPlanner:
         self._remove(uid)
         self._forget_emptied()
 
-    def upsert_policy(self, policy: ConcurrencyPolicy) -> None:
+    def upsert_policy(self, policy: ConcurrencyPolicy) -> bool:
+        """Add or change a policy; returns whether it may govern other Jobs than before (not only limits)."""
         ref = (policy.namespace, policy.name)
         old = self._policies.get(ref)
         if old == policy:
-            return
+            return False
         if (
             old is not None
             and old.spec.selector == policy.spec.selector
@@ -282,13 +283,14 @@ class IncrementalPlanner:
                 slot.policy = policy
                 slot.limit = policy.limit_for(slot.id[1])
                 self._refresh(slot)
-            return
+            return False
         # Whom it governs may differ: the Jobs of the namespaces it reached or reaches go out, and come
         # back under the new policies.
         views = self._take_out(lambda namespace: self._reaches(old, namespace) or self._reaches(policy, namespace))
         self._policies[ref] = policy
         self._cluster_wide = sum(p.cluster_scoped for p in self._policies.values())
         self._put_back(views)
+        return True
 
     def remove_policy(self, ref: PolicyRef) -> None:
         old = self._policies.get(ref)
@@ -299,41 +301,45 @@ class IncrementalPlanner:
             self._since.pop(ref, None)
             self._put_back(views)
 
-    def upsert_namespace(self, name: str, labels: Mapping[str, str]) -> None:
-        """A Namespace was added or relabeled: the ClusterConcurrencyPolicies that reach it may differ."""
+    def upsert_namespace(self, name: str, labels: Mapping[str, str]) -> bool:
+        """A Namespace was added or relabeled: the ClusterConcurrencyPolicies that reach it may differ.
+
+        Returns whether they do (its Jobs were taken out and put back under them)."""
         old = self._namespace_labels.get(name, {})
         if old == labels:
-            return
+            return False
         cluster_wide = [p for p in self._policies.values() if p.cluster_scoped]
         before = [p for p in cluster_wide if self._reaches(p, name)]
         self._namespace_labels[name] = dict(labels)
         if [p for p in cluster_wide if self._reaches(p, name)] == before:
-            return
+            return False
         self._namespace_labels[name] = dict(old)
         views = self._take_out(lambda namespace: namespace == name)
         self._namespace_labels[name] = dict(labels)
         self._put_back(views)
+        return True
 
-    def remove_namespace(self, name: str) -> None:
+    def remove_namespace(self, name: str) -> bool:
         """A Namespace was deleted: its labels are forgotten (its Jobs go with it)."""
-        self.upsert_namespace(name, {})
+        reached_otherwise = self.upsert_namespace(name, {})
         self._namespace_labels.pop(name, None)
+        return reached_otherwise
 
     def follow_policies(self, current: Mapping[PolicyRef, ConcurrencyPolicy]) -> bool:
         """Make the planner's policies these: upsert the new and changed ones, remove the others.
 
-        Returns whether any changed. The caller skips this while its policies have not
-        changed at all: it compares every policy.
+        Returns whether a policy may govern other Jobs than before (a change of limits alone
+        does not count). The caller skips this while its policies have not changed at all:
+        it compares every policy.
         """
-        changed = False
+        governs_otherwise = False
         for ref in [ref for ref in self._policies if ref not in current]:
             self.remove_policy(ref)
-            changed = True
+            governs_otherwise = True
         for ref, policy in current.items():
             if self._policies.get(ref) is not policy and self._policies.get(ref) != policy:
-                self.upsert_policy(policy)
-                changed = True
-        return changed
+                governs_otherwise |= self.upsert_policy(policy)
+        return governs_otherwise
 
     # --- deciding -----------------------------------------------------------------------------------
 

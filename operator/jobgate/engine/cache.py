@@ -191,13 +191,15 @@ class JobCache:
         """A Namespace was relabeled or deleted: the cluster policies that reach its Jobs may differ."""
         labels = self.policies.namespaces.get(name)
         if labels is None:
-            self.planner.remove_namespace(name)
+            reached_otherwise = self.planner.remove_namespace(name)
         else:
-            self.planner.upsert_namespace(name, labels)
-        self.touched.update(uid for uid, job in self.jobs.items() if job.namespace == name)
+            reached_otherwise = self.planner.upsert_namespace(name, labels)
+        if reached_otherwise:  # its Jobs may be governed anew: their Queued events may be due
+            self.touched.update(uid for uid, job in self.jobs.items() if job.namespace == name)
 
     def follow_policies(self) -> IncrementalPlanner:
-        """The planner, with the policies as they are now; if they changed, every Job is looked at anew."""
+        """The planner, with the policies as they are now; if one may govern other Jobs than it did, every Job
+        is looked at anew (for its Queued event)."""
         if self._planned_version != self.policies.version:
             self._planned_version = self.policies.version
             if self.planner.follow_policies(self.policies.policies):
