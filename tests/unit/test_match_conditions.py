@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from jobgate.core.match_conditions import (
     CONDITION_NAME,
     EXPRESSION_BUDGET,
@@ -160,32 +162,35 @@ def cluster_policy(name: str, selector: dict[str, Any], namespaces: dict[str, An
 TEAM = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
 
 
-def test_a_cluster_policy_adds_its_selector_in_the_namespaces_it_selects_by_name() -> None:
+def test_a_cluster_policy_adds_its_selector_but_in_the_known_namespaces_it_leaves_out() -> None:
     """matchConditions cannot read a Namespace's labels: the names come from the labels jobgate watches.
-    A Job of namespace "other" is never sent to the webhook, so jobgate being down never refuses it."""
+    A Job of namespace "other" is never sent to the webhook, so jobgate being down never refuses it; one of
+    a namespace jobgate has not seen yet is, and the webhook reads that namespace's labels."""
     billing = policy("billing", "p", {"matchLabels": {"app": "x"}})
     scope = webhook_scope([billing, cluster_policy("per-team", TEAM)], namespaces=NAMESPACES)
     (alone,) = webhook_scope([billing]).conditions
     team_term = selector_expression(LabelSelector.model_validate(TEAM))
-    in_tenants = f"request.namespace in ['t1', 't2'] && ({team_term})"  # kube-system: never sent
-    assert scope.conditions[0]["expression"] == f"{alone['expression']} || ({in_tenants})"
+    but_other = f"!(request.namespace in ['other']) && ({team_term})"  # kube-system: never sent anyway
+    assert scope.conditions[0]["expression"] == f"{alone['expression']} || ({but_other})"
     assert "namespaceObject" not in team_term  # the API server leaves it empty for webhooks
     assert scope.precision == {"billing": Precision.SELECTOR, "": Precision.SELECTOR}
 
 
-def test_a_cluster_policy_over_every_namespace_has_its_selector_in_any() -> None:
-    scope = webhook_scope([cluster_policy("per-team", TEAM, {})], namespaces=NAMESPACES)
+@pytest.mark.parametrize("every_namespace", [{}, {"matchLabels": {}}, {"matchExpressions": []}])
+def test_a_cluster_policy_over_every_namespace_has_its_selector_in_any(every_namespace: dict[str, Any]) -> None:
+    scope = webhook_scope([cluster_policy("per-team", TEAM, every_namespace)], namespaces=NAMESPACES)
     assert scope.conditions[0]["expression"] == f"({selector_expression(LabelSelector.model_validate(TEAM))})"
     assert scope.precision == {"": Precision.SELECTOR}
 
 
-def test_a_cluster_policy_that_selects_no_namespace_yet_adds_nothing() -> None:
+def test_a_cluster_policy_leaving_out_unlabeled_namespaces_still_sees_those_jobgate_has_not_seen() -> None:
     scope = webhook_scope([cluster_policy("per-team", TEAM)], namespaces={"other": {}})
-    assert scope.conditions[0]["expression"] == "false"
+    team_term = selector_expression(LabelSelector.model_validate(TEAM))
+    assert scope.conditions[0]["expression"] == f"(!(request.namespace in ['other']) && ({team_term}))"
 
 
 def test_cluster_policies_whose_namespaces_do_not_fit_take_their_selectors_in_any_namespace() -> None:
-    many = {f"tenant-{i:04d}": {"tenant": "true"} for i in range(400)}
+    many = {f"other-{i:04d}": {} for i in range(400)}
     scope = webhook_scope([cluster_policy("per-team", TEAM)], namespaces=many, budget=2_000)
     assert scope.conditions[0]["expression"] == f"({selector_expression(LabelSelector.model_validate(TEAM))})"
     assert scope.precision == {"": Precision.ANY_NAMESPACE}

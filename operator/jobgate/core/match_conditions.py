@@ -20,19 +20,21 @@ the namespace", largest first; if even the namespace list does not fit, there is
 no condition at all and the webhook sees every Job in its scope, as without this
 module.
 
-A ClusterConcurrencyPolicy adds its selector as a term of its own, restricted to
-the namespaces its namespaceSelector selects now, by name. The admission CEL
+A ClusterConcurrencyPolicy adds its selector as a term of its own, in every
+namespace but the known ones its namespaceSelector leaves out, by name. The admission CEL
 environment declares `namespaceObject`, but kube-apiserver 1.36 does not fill it
 in for webhooks' matchConditions: an expression that reads
 `namespaceObject.metadata` fails ("no such key: metadata"), and under
 `failurePolicy: Fail` the Job is refused (tests/test_cluster_policies.py checks
 this). So the names come from the Namespace labels jobgate watches, and the
-condition is rewritten when they change; a Job created in a namespace in the
-moment between its relabel and that rewrite is not sent to the webhook, and the
-engine's backstop suspends it again if it takes a key over its limit. A policy
-whose namespaceSelector is empty, or whose namespaces do not fit in the budget,
-has its selector in any namespace: then the webhook also sees (and, while
-jobgate is down, refuses) such Jobs of namespaces it does not govern.
+condition is rewritten when they change. A namespace jobgate does not know yet
+is not left out: its Jobs reach the webhook, which reads its labels. A Job
+created in a known namespace in the moment between its relabel into the policy's
+reach and that rewrite is not sent to the webhook, and the engine's backstop
+suspends it again if it takes a key over its limit. When the names do not fit in
+the budget, the policy has its selector in any namespace: then the webhook also
+sees (and, while jobgate is down, refuses) such Jobs of namespaces it does not
+govern.
 """
 
 from __future__ import annotations
@@ -107,19 +109,20 @@ def _scope(
     by_name: list[ConcurrencyPolicy],
 ) -> WebhookScope:
     """`webhook_scope`, with the cluster policies in `policies` in any namespace, and those of `by_name`
-    restricted to the namespaces they reach (by name)."""
+    kept out of the known namespaces they do not reach (by name)."""
     selectors: dict[str, set[str]] = defaultdict(set)
     excluded: dict[str, Precision] = {}
     cluster_terms: set[str] = set()
     for policy in by_name:
         term = selector_expression(policy.spec.selector)
-        if not (policy.namespace_selector or LabelSelector()).model_dump(exclude_none=True):
-            cluster_terms.add(term)  # every namespace: exact
-            continue
-        reached = sorted(n for n in namespaces if n not in ALWAYS_EXCLUDED and reaches(policy, n, namespaces))
-        if reached:
-            names = ", ".join(_literal(n) for n in reached)
-            cluster_terms.add(f"{_NAMESPACE} in [{names}] && ({term})")
+        # By exclusion: a namespace jobgate does not know yet (made a moment ago, with its Jobs) is still
+        # sent, and the webhook reads its labels then (service/handlers.py).
+        left_out = sorted(n for n in namespaces if n not in ALWAYS_EXCLUDED and not reaches(policy, n, namespaces))
+        if left_out:
+            names = ", ".join(_literal(n) for n in left_out)
+            cluster_terms.add(f"!({_NAMESPACE} in [{names}]) && ({term})")
+        else:
+            cluster_terms.add(term)
     in_any_namespace = False
     for policy in policies:
         if policy.cluster_scoped:
