@@ -276,3 +276,54 @@ def test_a_new_cluster_policy_sharing_a_stream_counts_the_jobs_already_running()
     assert cached_after(lambda e: e.observe_policy("ADDED", cluster_policy_body("b2", 3, {"other": "true"}))) == {
         "uid-red"
     }
+
+
+def test_a_policy_that_a_list_brings_before_its_watch_event_gets_its_stream() -> None:
+    """A release's fresh read (or a resync) may bring a policy before Kopf's event does: that event then
+    changes nothing, so what the LIST brought must start the policy's stream and list its Jobs."""
+
+    class ListedFirst(NamespacedListApi):
+        async def list_policies(self, namespace: str | None) -> tuple[list[Mapping[str, Any]], int]:
+            return [body(policy_manifest("p", {"app": "a"}, [], 0), "policy-uid", 1), NEW_POLICY], 30
+
+    async def scenario() -> set[str]:
+        engine = leading_engine(ListedFirst([running("red", 5, labels={"app": "new"})]))
+        term = term_of(engine)
+        await engine._follow_streams(term)
+        assert "uid-red" not in term.jobs.jobs  # the stream of p brought it; nothing governed it
+        await engine._read_policies("ns")
+        engine.observe_policy("ADDED", NEW_POLICY)  # the watch, late: the cache knows this version
+        while term.streams_stale:
+            term.streams_stale = False
+            await engine._follow_streams(term)
+        await term.end()
+        await engine.close()
+        return set(term.jobs.jobs)
+
+    assert "uid-red" in asyncio.run(scenario())
+
+
+NEW_POLICY = body(policy_manifest("new", {"app": "new"}, [], 1), "new-uid", 20)
+
+
+def test_a_cluster_policy_over_many_namespaces_lists_each_stream_once_not_once_per_namespace() -> None:
+    async def scenario() -> list[tuple[str | None, str | None]]:
+        api = NamespacedListApi([])
+        engine = leading_engine(api, EngineSettings(cluster_policies=True))
+        for n in range(20):
+            engine.observe_namespace("ADDED", f"tenant-{n}", {"tenant": "true"}, n + 1)
+        engine.observe_policy("ADDED", cluster_policy_body("a", 30, {"tenant": "true"}))
+        term = term_of(engine)
+        await engine._follow_streams(term)
+        api.listed.clear()
+        engine.observe_policy("ADDED", cluster_policy_body("b", 31, {}))  # the same selector: its stream
+        while term.streams_stale:
+            term.streams_stale = False
+            await engine._follow_streams(term)
+        await term.end()
+        await engine.close()
+        return api.listed
+
+    listed = asyncio.run(scenario())
+    assert (None, "team") in listed, "the shared stream is listed again"
+    assert len(listed) <= 2, listed  # not 20 LISTs, one per namespace

@@ -30,6 +30,11 @@ class PolicyCache:
     version: int = 0  # counts the changes to the policies: a term's planner follows them when it moved
     # Called after each change to the policies (the webhook's matchConditions follow them).
     listeners: list[Callable[[], None]] = field(default_factory=list)
+    # Called with (before, after) for each policy added (before None), changed or deleted (after None),
+    # whether a watch event or a LIST brought it: the leader's streams follow them.
+    policy_listeners: list[Callable[[ConcurrencyPolicy | None, ConcurrencyPolicy | None], None]] = field(
+        default_factory=list
+    )
     # More conditions for a policy's status, from outside the engine (the webhook's scope). Here, not
     # on a term's StatusWriter: they outlive terms, as the policies do.
     condition_sources: list[Callable[[ConcurrencyPolicy], Condition | None]] = field(default_factory=list)
@@ -101,26 +106,30 @@ class PolicyCache:
         ref = (policy.namespace, policy.name)
         if self.policy_versions.get(ref, -1) >= resource_version and ref in self.policies:
             return False
-        changed = self.policies.get(ref) != policy
+        before = self.policies.get(ref)
+        changed = before != policy
         self.policies[ref] = policy
         self.policy_versions[ref] = resource_version
         if changed:
-            self._policies_changed()
+            self._policies_changed(before, policy)
         return changed
 
     def delete_policy(self, ref: PolicyRef) -> bool:
         self.policy_versions.pop(ref, None)
         self._policy_index = None
-        if self.policies.pop(ref, None) is None:
+        before = self.policies.pop(ref, None)
+        if before is None:
             return False
-        self._policies_changed()
+        self._policies_changed(before, None)
         return True
 
-    def _policies_changed(self) -> None:
+    def _policies_changed(self, before: ConcurrencyPolicy | None, after: ConcurrencyPolicy | None) -> None:
         self._policy_index = None
         self.version += 1
         for listener in self.listeners:
             listener()
+        for policy_listener in self.policy_listeners:
+            policy_listener(before, after)
 
     def replace_policies(
         self,

@@ -40,6 +40,8 @@ log = logging.getLogger("jobgate.engine")
 
 PACE_ABOVE_SECONDS = 0.002  # passes quicker than this follow each other at once
 PACE_AT_MOST_SECONDS = 0.05
+# Namespaces to list again one by one through a stream over all of them; past this, the whole stream once.
+RELIST_BY_NAMESPACE_UP_TO = 8
 
 
 class ClusterApi(Protocol):
@@ -125,6 +127,7 @@ class Engine:
         self.clock = clock
         self.monotonic = monotonic
         self.policies = PolicyCache()
+        self.policies.policy_listeners.append(self._policy_changed)
         self.term: Term | None = None  # while leading
         self.terms = 0
         self.announced: set[str] = set()  # Jobs whose Queued event (or warning) was posted
@@ -278,14 +281,13 @@ class Engine:
         """A ConcurrencyPolicy or a ClusterConcurrencyPolicy (no namespace) was added, changed or deleted."""
         meta = body["metadata"]
         ref = (meta.get("namespace") or "", meta["name"])
-        before = self.policies.policies.get(ref)
         if event_type == "DELETED":
-            changed = self.policies.delete_policy(ref)
+            self.policies.delete_policy(ref)
         else:
-            changed = self.policies.put_policy(ConcurrencyPolicy.from_body(body), int(meta.get("resourceVersion") or 0))
-        if not changed:
-            return
-        after = self.policies.policies.get(ref)
+            self.policies.put_policy(ConcurrencyPolicy.from_body(body), int(meta.get("resourceVersion") or 0))
+
+    def _policy_changed(self, before: ConcurrencyPolicy | None, after: ConcurrencyPolicy | None) -> None:
+        """A policy was added, changed or deleted, whether a watch event or a LIST brought the change."""
         term = self.term
         if term is not None and (before is None or after is None or before.spec.selector != after.spec.selector):
             term.streams_stale = True  # the next pass first watches (and lists) what it now selects
@@ -422,27 +424,45 @@ class Engine:
             for stream in term.streams.keys() - wanted:
                 term.streams.pop(stream).cancel()
                 log.info("stopped watching %s", stream)
+            if relist:
+                term.relabeled.clear()  # every stream is listed whole below
+            listed_now = set()
             for stream in wanted:
                 if stream in term.streams:
                     if relist:
                         await self._list_jobs(term, stream)
+                        listed_now.add(stream)
                     continue
                 version = await self._list_jobs(term, stream)
+                listed_now.add(stream)
                 term.streams[stream] = term.spawn(self._watch_jobs(term, stream, version))
                 log.info("watching %s from version %d", stream, version)
-            await self._list_relabeled(term, wanted)
+            await self._list_relabeled(term, wanted - listed_now)
             # Jobs that only a stopped stream brought, or that no policy governs now, cost nothing more.
             for job in [job for job in term.jobs.jobs.values() if not self._keeps(job)]:
                 term.jobs.forget_job(job)
 
     async def _list_relabeled(self, term: Term, streams: set[JobStream]) -> None:
-        """LIST again, in namespaces that cluster policies reach differently now, what each stream over them
-        brings: the Jobs that a policy governs now were dropped as they came."""
+        """LIST again, in namespaces where policies may govern Jobs they did not, what each stream over them
+        brings: the Jobs that a policy governs now were dropped as they came.
+
+        A stream over every namespace is listed once per namespace while they are few, and once
+        whole past that: a cluster policy over 2,000 namespaces would otherwise hold the decisions
+        for 2,000 LISTs per stream.
+        """
         while term.relabeled:
-            namespace = term.relabeled.pop()
+            namespaces, term.relabeled = term.relabeled, set()
             for stream in streams:
-                if stream.policy_selector is not None and stream.namespace in (None, namespace):
-                    await self._list_jobs(term, JobStream(namespace, stream.selector, stream.policy_selector))
+                if stream.policy_selector is None:
+                    continue  # the queued-label stream: what it brings is kept whatever governs it
+                if stream.namespace is not None:
+                    if stream.namespace in namespaces:
+                        await self._list_jobs(term, stream)
+                elif len(namespaces) > RELIST_BY_NAMESPACE_UP_TO:
+                    await self._list_jobs(term, stream)
+                else:
+                    for namespace in sorted(namespaces):
+                        await self._list_jobs(term, JobStream(namespace, stream.selector, stream.policy_selector))
 
     async def _list_jobs(self, term: Term, stream: JobStream) -> int:
         """LIST one stream's Jobs into the cache; returns the version its watch goes on from."""
