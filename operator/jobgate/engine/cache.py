@@ -85,7 +85,14 @@ class PolicyCache:
             if self.put_namespace(name, labels, version):
                 changed.append(name)
         missing = [name for name in self.namespaces if name not in found]
-        return changed + [name for name in missing if self.delete_namespace(name, list_version)]
+        deleted = [name for name in missing if self.delete_namespace(name, list_version)]
+        # Tombstones older than this LIST can no longer be contradicted by the watch (as for Jobs).
+        self.namespace_versions = {
+            name: version
+            for name, version in self.namespace_versions.items()
+            if name in self.namespaces or version >= list_version
+        }
+        return changed + deleted
 
     def _reaching(self, namespace: str) -> list[PolicyRef]:
         return [ref for ref, p in self.policies.items() if p.cluster_scoped and reaches(p, namespace, self.namespaces)]

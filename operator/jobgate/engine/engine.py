@@ -397,7 +397,8 @@ class Engine:
     async def _read_after(self, key: str, after: float, read: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """The read kept under `key` if it was sent after `after` and did not fail; else a new one."""
         kept = self._policy_reads.get(key)
-        if kept is None or kept[0] < after or (kept[1].done() and kept[1].exception() is not None):
+        failed = kept is not None and kept[1].done() and (kept[1].cancelled() or kept[1].exception() is not None)
+        if kept is None or kept[0] < after or failed:
             kept = (self.monotonic(), asyncio.ensure_future(read()))
             self._policy_reads[key] = kept
         await asyncio.shield(kept[1])

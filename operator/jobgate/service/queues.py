@@ -76,10 +76,11 @@ async def first_full(
         jobs: list[JobView] = []
         try:
             selector = key_selector(gov)
-            lists = [api.list_jobs(scope, selector) for scope in key_scopes(gov, job, scopes)]
-            async with asyncio.timeout_at(deadline):
-                for found, _ in await asyncio.gather(*lists):
-                    jobs += found
+            # A task group: when one LIST fails, the others are cancelled, not left running past the answer.
+            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as lists:
+                listed = [lists.create_task(api.list_jobs(scope, selector)) for scope in key_scopes(gov, job, scopes)]
+            for task in listed:
+                jobs += task.result()[0]
         except Exception as e:
             log.warning("could not count the queue of policy %s for a new Job: %s", gov.policy.name, e)
             warnings.append(f"jobgate: could not count the queue of {gov.policy.kind} {gov.policy.name}; accepted")
