@@ -38,11 +38,20 @@ def release_namespace(cluster: ClusterAccess) -> Iterator[str]:
 @pytest.fixture
 def chart_identity(cluster: ClusterAccess, namespace: str, release_namespace: str, crd: None) -> Iterator[Path]:
     """A kubeconfig of the chart's ServiceAccount, installed to govern `namespace`."""
-    values = {
-        "watchNamespaces": [namespace],
+    yield from installed_identity(
+        cluster,
+        release_namespace,
+        watchNamespaces=[namespace],
         # Its Service cannot route here: the webhook may intercept nothing (a label no namespace has),
         # but exists, so that the operator keeps its matchConditions with the chart's permissions.
-        "webhook": {"failurePolicy": "Ignore", "namespaceSelector": {"matchLabels": {"jobgate.dev/never": "x"}}},
+        webhook={"failurePolicy": "Ignore", "namespaceSelector": {"matchLabels": {"jobgate.dev/never": "x"}}},
+    )
+
+
+def installed_identity(cluster: ClusterAccess, release_namespace: str, **values: Any) -> Iterator[Path]:
+    """The chart installed with `values` (and the session's CRDs); yields its ServiceAccount's kubeconfig."""
+    values = {
+        **values,
         "image": {"pullPolicy": "Never"},
         "crds": {"install": False},  # the session's, applied with kubectl
         "rbac": {"aggregateToDefaultRoles": False},
@@ -161,19 +170,13 @@ def cluster_policy_identity(
     cluster: ClusterAccess, tenants: Tenants, release_namespace: str, crd: None
 ) -> Iterator[Path]:
     """The chart's ServiceAccount's kubeconfig, installed with clusterPolicies.enabled for the tenants' namespaces."""
-    values = {
-        "watchNamespaces": tenants.namespaces,
-        "clusterPolicies": {"enabled": True},
-        "webhook": {"enabled": False},
-        "image": {"pullPolicy": "Never"},
-        "crds": {"install": False},  # the session's, applied with kubectl
-        "rbac": {"aggregateToDefaultRoles": False},
-    }
-    chart.install(cluster, release_namespace, values)
-    try:
-        yield cluster.service_account_kubeconfig(release_namespace, SERVICE_ACCOUNT)
-    finally:
-        chart.uninstall(cluster, release_namespace)
+    yield from installed_identity(
+        cluster,
+        release_namespace,
+        watchNamespaces=tenants.namespaces,
+        clusterPolicies={"enabled": True},
+        webhook={"enabled": False},
+    )
 
 
 def test_cluster_policies_work_with_the_charts_service_account(

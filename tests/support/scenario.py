@@ -20,7 +20,7 @@ from localcluster.access import ClusterAccess
 from localcluster.jobwatch import JobWatch
 from localcluster.manifests import job_manifest, policy_manifest
 from localcluster.operator_process import OperatorProcess
-from tests.support.waiting import poll_until, watch_until
+from tests.support.waiting import poll_until, wait_status, watch_until
 
 LEASE = "jobgate-leader"  # `jobgate run --lease-name`'s default, and the chart's for release "jobgate"
 
@@ -79,17 +79,7 @@ class Scenario:
         return status
 
     def wait_status(self, name: str, check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-        seen: list[dict[str, Any]] = [{}]
-
-        def matches() -> dict[str, Any] | None:
-            seen[0] = self.status(name)
-            return seen[0] if seen[0] and check(seen[0]) else None
-
-        try:
-            found: dict[str, Any] = poll_until(matches, what, timeout=30)
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}; last status: {seen[0]}") from None
-        return found
+        return wait_status(lambda: self.status(name), check, what)
 
     def wait_leader_synced(self, policy: str) -> None:
         """Until the leader has listed the cluster: it writes `policy`'s status only after that.

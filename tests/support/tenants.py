@@ -20,7 +20,7 @@ from localcluster.access import ClusterAccess
 from localcluster.jobwatch import JobWatch
 from localcluster.manifests import job_manifest, policy_manifest
 from tests.support.scenario import Scenario
-from tests.support.waiting import poll_until
+from tests.support.waiting import poll_until, wait_status
 
 # A cluster policy's selector: every Job with a team label.
 TEAM = {"matchExpressions": [{"key": "team", "operator": "Exists"}]}
@@ -83,17 +83,7 @@ class Tenants:
         return status
 
     def wait_status(self, name: str, check: Any, what: str) -> dict[str, Any]:
-        seen: list[dict[str, Any]] = [{}]
-
-        def matches() -> dict[str, Any] | None:
-            seen[0] = self.status(name)
-            return seen[0] if seen[0] and check(seen[0]) else None
-
-        try:
-            found: dict[str, Any] = poll_until(matches, what, timeout=30)
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}; last status: {seen[0]}") from None
-        return found
+        return wait_status(lambda: self.status(name), check, what)
 
     def wait_synced(self, name: str) -> None:
         """Until the leader has listed the Jobs: it writes the policy's status only after that."""

@@ -62,3 +62,21 @@ def _summary(obj: Any) -> str:
         return "nothing"
     status = getattr(obj, "status", None)
     return f"{obj.metadata.name} with status {status}"
+
+
+Status = dict[str, Any]
+
+
+def wait_status(read: Callable[[], Status], check: Callable[[Status], bool], what: str) -> Status:
+    """Until a policy's status (`read`) passes `check`; a timeout says the last status seen."""
+    seen: list[dict[str, Any]] = [{}]
+
+    def matches() -> dict[str, Any] | None:
+        seen[0] = read()
+        return seen[0] if seen[0] and check(seen[0]) else None
+
+    try:
+        found: dict[str, Any] = poll_until(matches, what, timeout=30)
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; last status: {seen[0]}") from None
+    return found

@@ -240,6 +240,15 @@ def cluster_policy_body(name: str, rv: int, namespace_labels: dict[str, str]) ->
     return policy_body
 
 
+async def cached_once_followed(engine: Engine) -> set[str]:
+    """The Jobs cached once the streams follow the policies' changes; the term then ends."""
+    term = term_of(engine)
+    await engine.follow_policy_changes(term)
+    await term.end()
+    await engine.close()
+    return set(term.jobs.jobs)
+
+
 def cached_after(change: Callable[[Engine], None]) -> set[str]:
     """The Jobs cached once the streams follow `change`: a running Job of namespace b, which at first
     no policy governs, so it is dropped as it comes through the stream that cluster policy a opened."""
@@ -254,12 +263,7 @@ def cached_after(change: Callable[[Engine], None]) -> set[str]:
         await engine._follow_streams(term)
         assert "uid-red" not in term.jobs.jobs
         change(engine)
-        while term.streams_stale:
-            term.streams_stale = False
-            await engine._follow_streams(term)
-        await term.end()
-        await engine.close()
-        return set(term.jobs.jobs)
+        return await cached_once_followed(engine)
 
     return asyncio.run(scenario())
 
@@ -293,12 +297,7 @@ def test_a_policy_that_a_list_brings_before_its_watch_event_gets_its_stream() ->
         assert "uid-red" not in term.jobs.jobs  # the stream of p brought it; nothing governed it
         await engine._read_policies("ns")
         engine.observe_policy("ADDED", NEW_POLICY)  # the watch, late: the cache knows this version
-        while term.streams_stale:
-            term.streams_stale = False
-            await engine._follow_streams(term)
-        await term.end()
-        await engine.close()
-        return set(term.jobs.jobs)
+        return await cached_once_followed(engine)
 
     assert "uid-red" in asyncio.run(scenario())
 
@@ -317,11 +316,7 @@ def test_a_cluster_policy_over_many_namespaces_lists_each_stream_once_not_once_p
         await engine._follow_streams(term)
         api.listed.clear()
         engine.observe_policy("ADDED", cluster_policy_body("b", 31, {}))  # the same selector: its stream
-        while term.streams_stale:
-            term.streams_stale = False
-            await engine._follow_streams(term)
-        await term.end()
-        await engine.close()
+        await cached_once_followed(engine)
         return api.listed
 
     listed = asyncio.run(scenario())

@@ -418,6 +418,12 @@ class Engine:
             term.jobs.prime()
         self.changed()
 
+    async def follow_policy_changes(self, term: Term) -> None:
+        """Before a pass: watch, and list again, what changed policies and Namespaces now select."""
+        while term.streams_stale:
+            term.streams_stale = False
+            await self._follow_streams(term)
+
     async def _follow_streams(self, term: Term, relist: bool = False) -> None:
         """Watch what the policies select now: a new stream is listed before the next decision."""
         async with term.streams_lock:
@@ -510,9 +516,7 @@ class Engine:
             self._wake.clear()
             started = self._dirty_since
             self._dirty_since = None
-            while term.streams_stale:
-                term.streams_stale = False
-                await self._follow_streams(term)
+            await self.follow_policy_changes(term)
             began = time.monotonic()
             self.decide_once(term, started)
             spent = time.monotonic() - began
